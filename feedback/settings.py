@@ -1,0 +1,77 @@
+"""Settings every rlhf-loop process shares: where it keeps state, which model, which Kafka.
+
+One env prefix for the whole product, `RLHF_`; serving and learner subclass this class and
+add their own fields, so a variable means the same thing in every process that reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "rlhf-loop"
+
+
+class RuntimeSettings(BaseSettings):
+    """Shared by serving, learner and the `rlhf-loop` command."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore", validate_default=True)
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Folder for state: the prepared model, the outbox, the dataset, the registry.",
+    )
+    model: Path | None = Field(
+        default=None,
+        description=(
+            "A local Hugging Face model directory. Unset: the bundled SmolLM2-135M-Instruct, "
+            "prepared under RLHF_HOME/models by `rlhf-loop model prepare`."
+        ),
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="",
+        description=(
+            "Kafka bootstrap servers, comma-separated host:port. Empty: `rlhf-loop up` starts the "
+            "embedded Tansu broker on loopback."
+        ),
+    )
+    broker_port: int = Field(
+        default=9092, ge=1, le=65535, description="Port of the embedded broker (only when no bootstrap servers are set)."
+    )
+    interactions_topic: str = Field(default="rlhf.interactions", min_length=1, description="Kafka topic of chat interactions.")
+    feedback_topic: str = Field(default="rlhf.feedback", min_length=1, description="Kafka topic of ratings.")
+    topic_partitions: int = Field(default=3, ge=1, description="Partitions of each topic when rlhf-loop creates it.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_is_a_readable_hf_directory(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        if not os.access(value, os.R_OK | os.X_OK) or not os.access(value / "config.json", os.R_OK):
+            raise ValueError(f"{value} is not a readable Hugging Face model directory (no readable config.json)")
+        return value
+
+    @property
+    def model_dir(self) -> Path:
+        """The model every process loads: RLHF_MODEL, or the prepared bundled model."""
+        return self.model or self.home / "models" / BUNDLED_MODEL_NAME
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        if self.embedded_broker:
+            return [f"127.0.0.1:{self.broker_port}"]
+        return [server.strip() for server in self.kafka_bootstrap_servers.split(",") if server.strip()]

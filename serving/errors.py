@@ -1,0 +1,64 @@
+"""Every error leaves serving in the OpenAI error shape: {"error": {message, type, param, code}}."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
+
+
+def error_response(status: int, message: str, *, type_: str | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={
+            "error": {
+                "message": message,
+                "type": type_ or HTTPStatus(status).phrase.replace(" ", "") + "Error",
+                "param": param,
+                "code": status,
+            }
+        },
+    )
+
+
+def _describe(error: dict) -> tuple[str, str | None]:
+    location = [str(part) for part in error.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    if error.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}", None
+    return (f"{param}: {error['msg']}" if param else error["msg"]), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        message, param = _describe(errors[0]) if errors else ("invalid request", None)
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem(s))"
+        return error_response(400, message, type_="BadRequestError", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    # vLLM's own mapping of its errors (VLLMValidationError -> 400, engine death -> 500 + exit);
+    # registered per type so Starlette's ExceptionMiddleware, not ServerErrorMiddleware, answers.
+    from vllm.entrypoints.serve.exception_handling.handlers.exception import exception_handler
+    from vllm.entrypoints.serve.exception_handling.handlers.vllm_error import vllm_error_handler
+    from vllm.exceptions import VLLMError
+
+    app.exception_handler(VLLMError)(vllm_error_handler)
+    for raw in (ValueError, TypeError, OverflowError, NotImplementedError):
+        app.exception_handler(raw)(exception_handler)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request.unhandled", path=request.url.path)
+        return error_response(500, "internal error; the server logged the details")
