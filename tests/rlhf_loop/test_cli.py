@@ -1,0 +1,65 @@
+"""Bad settings stop start-up with one line; the README's settings table is the generated one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf_loop.config import readme_with_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf_loop.cli", *args], env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["up", "--port", "-1"], {}, "RLHF_PORT: Input should be greater than or equal to 1"),
+        (["up"], {"RLHF_PORT": "-5"}, "RLHF_PORT: Input should be greater than or equal to 1"),
+        (["up"], {"RLHF_PORT": "eighty"}, "RLHF_PORT: Input should be a valid integer"),
+        (["up"], {"RLHF_MODEL": "/nonexistent/model"}, "RLHF_MODEL: /nonexistent/model is not a directory"),
+        (["up"], {"RLHF_GPU_MEMORY_UTILIZATION": "1.5"}, "RLHF_GPU_MEMORY_UTILIZATION"),
+    ],
+)
+def test_bad_setting_stops_startup_with_one_line(args: list[str], env: dict[str, str], expected: str, tmp_path: Path) -> None:
+    result = run_cli(*args, env={"RLHF_HOME": str(tmp_path), **env})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rlhf-loop: invalid setting ")
+    assert expected in lines[0]
+    assert not (tmp_path / "models").exists()  # nothing was started or prepared
+
+
+def test_model_directory_without_config_is_rejected(tmp_path: Path) -> None:
+    result = run_cli("up", env={"RLHF_MODEL": str(tmp_path)})
+    assert result.returncode == 2
+    assert "no readable config.json" in result.stderr.strip()
+
+
+def test_busy_chat_port_is_a_one_line_error(tmp_path: Path, prepared_model: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("up", "--port", str(port), env={"RLHF_MODEL": str(prepared_model), "RLHF_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"rlhf-loop: port {port} is already in use: pass --port with a free port (or set RLHF_PORT)"
+
+
+def test_readme_settings_table_is_generated_from_the_settings_classes() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert readme == readme_with_table(readme), "README table is stale: run `make docs`"
+    assert "`RLHF_PORT` | `8000`" in readme

@@ -1,0 +1,57 @@
+"""Model preparation: a real dequantized directory that transformers and vLLM load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from rlhf_loop.model import MARKER, is_prepared, prepare
+
+
+def test_prepared_directory_is_plain_safetensors_without_gguf_quantization(prepared_model: Path) -> None:
+    assert is_prepared(prepared_model)
+    config = json.loads((prepared_model / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["model_type"] == "llama"
+    with safe_open(prepared_model / "model.safetensors", "pt") as weights:
+        names = list(weights.keys())
+        assert "model.embed_tokens.weight" in names
+        assert weights.get_tensor("model.embed_tokens.weight").shape == (config["vocab_size"], config["hidden_size"])
+    assert (prepared_model / "tokenizer.json").is_file()
+    assert not list(prepared_model.parent.glob(".*staging*"))
+
+
+def test_prepare_is_idempotent(prepared_model: Path) -> None:
+    weights = prepared_model / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    started = time.monotonic()
+    assert prepare(prepared_model) == prepared_model
+    assert time.monotonic() - started < 1.0  # nothing was converted again
+    assert weights.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_killed_preparation_leaves_no_half_written_model(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"from pathlib import Path; from rlhf_loop.model import prepare; prepare(Path({str(target)!r}))"],
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".model.staging-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # wait until it is writing
+    assert child.poll() is None, "preparation ended before it could be interrupted"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not target.exists()
+    # the next run cleans the leftover staging directory and finishes the job
+    assert is_prepared(prepare(target))
+    assert not list(tmp_path.glob(".model.staging-*"))
+    assert (target / MARKER).is_file()
