@@ -35,6 +35,9 @@ class RuntimeSettings(BaseSettings):
             "prepared under RLHF_HOME/models by `rlhf-loop model prepare`."
         ),
     )
+    registry: Path | None = Field(
+        default=None, description="Adapter registry directory shared by learner and serving. Unset: RLHF_HOME/registry."
+    )
     kafka_bootstrap_servers: str = Field(
         default="",
         description=(
@@ -65,6 +68,10 @@ class RuntimeSettings(BaseSettings):
     def model_dir(self) -> Path:
         """The model every process loads: RLHF_MODEL, or the prepared bundled model."""
         return self.model or self.home / "models" / BUNDLED_MODEL_NAME
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.registry or self.home / "registry"
 
     @property
     def embedded_broker(self) -> bool:

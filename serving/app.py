@@ -1,8 +1,8 @@
 """The serving FastAPI app: OpenAI-compatible chat on an in-process vLLM engine.
 
-Routes are thin: vLLM's handlers, built once when the engine is up, live on `app.state`.
-The engine starts in the background so `/healthz` answers at once and `/readyz` says when
-chat can be served.
+Routes are thin; the services they call are built once, when the engine is up, and kept on
+`app.state`. The engine starts in the background so `/healthz` answers at once and `/readyz`
+says when chat can be served.
 """
 
 from __future__ import annotations
@@ -10,63 +10,84 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import AsyncIterator
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest, ChatCompletionResponse
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+from feedback.producer import DurableProducer
+from learner.registry import Registry
+from serving.adapters import AdapterRouter
+from serving.chat import ChatService
 from serving.engine import running_engine
 from serving.errors import error_response, install_error_handlers
 from serving.metrics import ENGINE_READY, RequestMetrics
+from serving.protocol import ChatRequest, DuelResponse
 from serving.settings import ServingSettings
+from serving.tokens import TokenSigner
 
 log = structlog.get_logger(__name__)
 
 
 async def _engine_task(app: FastAPI, settings: ServingSettings, stop: asyncio.Event) -> None:
-    try:
-        async with asyncio.timeout(settings.engine_start_timeout_s):
-            engine = running_engine(settings, app.state)
-            await engine.__aenter__()
-    except BaseException as error:  # the engine is this process's reason to live: exit, the supervisor restarts us
-        log.error("engine.failed", error=repr(error), model=str(settings.model_dir))
-        app.state.engine_failed = True
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    app.state.ready = True
-    ENGINE_READY.set(1)
-    log.info("engine.ready", model=str(settings.model_dir), served_model_name=settings.served_model_name)
-    try:
-        await stop.wait()
-    finally:
-        app.state.ready = False
-        ENGINE_READY.set(0)
-        await engine.__aexit__(None, None, None)
+    async with AsyncExitStack() as stack:
+        try:
+            async with asyncio.timeout(settings.engine_start_timeout_s):
+                await stack.enter_async_context(running_engine(settings, app.state))
+            router = AdapterRouter(
+                Registry(settings.registry_dir), app.state.openai_serving_models, app.state.engine_client,
+                settings.served_model_name, allow_pinning=settings.allow_adapter_pinning, poll_s=settings.adapter_poll_s,
+            )
+            await router.apply(router.registry.read_pointer())  # serve the active adapter from the first request
+        except BaseException as error:  # the engine is this process's reason to live: exit, the supervisor restarts us
+            log.error("engine.failed", error=repr(error), model=str(settings.model_dir))
+            app.state.engine_failed = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        watcher = asyncio.create_task(router.watch())
+        app.state.chat = ChatService(
+            app.state.openai_serving_chat, router, app.state.token_signer, app.state.producer,
+            settings.interactions_topic, settings.redact,
+        )
+        app.state.router = router
+        app.state.ready = True
+        ENGINE_READY.set(1)
+        log.info("engine.ready", model=str(settings.model_dir), served_model_name=settings.served_model_name)
+        try:
+            await stop.wait()
+        finally:
+            app.state.ready = False
+            ENGINE_READY.set(0)
+            watcher.cancel()
 
 
 def create_app(settings: ServingSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.producer = DurableProducer(settings.bootstrap_servers, settings.interaction_outbox_dir).start()
         stop = asyncio.Event()
         task = asyncio.create_task(_engine_task(app, settings, stop))
-        yield
-        stop.set()
-        await task
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+            await asyncio.to_thread(app.state.producer.close)  # what is not delivered waits on disk
 
     app = FastAPI(title="rlhf-loop serving", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.ready = False
     app.state.engine_failed = False
+    app.state.token_signer = TokenSigner(settings.token_key(), settings.feedback_token_ttl_s)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
 
     def not_ready() -> JSONResponse:
-        return error_response(503, "the model engine is still starting; retry shortly (see /readyz)", type_="ServiceUnavailableError")
+        return error_response(503, "the model engine is still starting; retry shortly (see /readyz)",
+                              type_="ServiceUnavailableError")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -78,31 +99,44 @@ def create_app(settings: ServingSettings) -> FastAPI:
         """Readiness: 200 once the engine serves chat, 503 before."""
         if not request.app.state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse({"status": "ready", "model": settings.served_model_name})
+        router = request.app.state.router
+        return JSONResponse({
+            "status": "ready", "model": settings.served_model_name,
+            "active_adapter": router.version_of(router.active), "canary_adapter": router.version_of(router.canary),
+        })
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        """Prometheus metrics of the API and the engine."""
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of the API, the adapters, the outbox and the engine."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
-        """The served model (and its loaded adapters), OpenAI format."""
+        """The served model (plus loaded adapter versions where pinning is allowed), OpenAI format."""
         if not request.app.state.ready:
             return not_ready()
         models = await request.app.state.openai_serving_models.show_available_models()
-        return JSONResponse(models.model_dump())
+        payload = models.model_dump()
+        if not settings.allow_adapter_pinning:
+            payload["data"] = [m for m in payload["data"] if m["id"] == settings.served_model_name]
+        return JSONResponse(payload)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        """OpenAI chat completions, plain or streamed (SSE ending in `data: [DONE]`)."""
+    async def chat_completions(body: ChatRequest, request: Request) -> Response:
+        """OpenAI chat completions, plain or streamed (SSE ending in `data: [DONE]`).
+
+        Each reply carries `feedback`: per choice, a response id and a signed feedback token
+        (streams: in the last chunk before `[DONE]`), and the `adapter_version` that answered.
+        """
         if not request.app.state.ready:
             return not_ready()
-        result = await request.app.state.openai_serving_chat.create_chat_completion(body, request)
-        if isinstance(result, ErrorResponse):
-            return JSONResponse(result.model_dump(), status_code=result.error.code)
-        if isinstance(result, ChatCompletionResponse):
-            return JSONResponse(result.model_dump())
-        return StreamingResponse(result, media_type="text/event-stream")
+        return await request.app.state.chat.complete(body, request)
+
+    @app.post("/v1/chat/duels", response_model=DuelResponse)
+    async def chat_duel(body: ChatRequest, request: Request) -> Response:
+        """Two answers to one prompt from two policies (active vs canary, else two samples)."""
+        if not request.app.state.ready:
+            return not_ready()
+        return await request.app.state.chat.duel(body, request)
 
     return app

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 from feedback.settings import RuntimeSettings
 
@@ -28,3 +31,50 @@ class ServingSettings(RuntimeSettings):
     max_loras: int = Field(default=2, ge=1, description="LoRA adapters resident in the engine at once.")
     max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank the engine accepts.")
     engine_start_timeout_s: float = Field(default=600.0, gt=0, description="Seconds to wait for the engine to start.")
+    environment: Literal["development", "production"] = Field(
+        default="development", description="`production` refuses to start without RLHF_FEEDBACK_TOKEN_SECRET."
+    )
+    feedback_token_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "HMAC key of feedback tokens, shared by all replicas. Unset in development: a random key kept in "
+            "RLHF_HOME/secrets/feedback-token.key."
+        ),
+    )
+    feedback_token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long a feedback token stays valid.")
+    redact: bool = Field(default=True, description="Mask e-mail addresses, phone numbers and keys in logged text.")
+    allow_adapter_pinning: bool = Field(
+        default=False, description="Let a request pin an adapter by model name `<served>@<version>` (evaluation)."
+    )
+    adapter_poll_s: float = Field(default=0.5, gt=0, description="How often serving reads the registry pointer.")
+    outbox_dir: Path | None = Field(
+        default=None, description="Outbox of interaction events. Unset: RLHF_HOME/outbox/serving-<port>."
+    )
+
+    @model_validator(mode="after")
+    def _production_needs_a_secret(self) -> "ServingSettings":
+        if self.environment == "production" and self.feedback_token_secret is None:
+            raise ValueError("RLHF_FEEDBACK_TOKEN_SECRET must be set when RLHF_ENVIRONMENT=production")
+        return self
+
+    @property
+    def interaction_outbox_dir(self) -> Path:
+        return self.outbox_dir or self.home / "outbox" / f"serving-{self.port}"
+
+    def token_key(self) -> bytes:
+        """The feedback-token key: the configured secret, or (development) one kept on disk."""
+        if self.feedback_token_secret is not None:
+            return self.feedback_token_secret.get_secret_value().encode()
+        path = self.home / "secrets" / "feedback-token.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # atomic: the first writer wins, every other process reads its key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()

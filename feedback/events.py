@@ -1,0 +1,69 @@
+"""The event contract: what serving writes to Kafka and the learner reads.
+
+JSON on the wire, one pydantic model per event type, each with `schema_version`. A consumer
+rejects a version it does not know (loudly, counted) instead of guessing. Records are keyed by
+conversation so one conversation stays in order within its partition.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Event(BaseModel):
+    """Fields every event carries; `event_id` is what consumers deduplicate on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(default_factory=new_event_id)
+    occurred_at: datetime = Field(default_factory=utc_now)
+
+    def kafka_key(self) -> bytes:
+        raise NotImplementedError
+
+    def to_wire(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time_to_first_token_s: float | None = Field(description="From request received to the first output token.")
+    total_s: float = Field(description="From request received to the last output token.")
+
+
+class InteractionEvent(Event):
+    """One answer served to one request (one per choice when n > 1)."""
+
+    event_type: Literal["interaction"] = "interaction"
+    response_id: str = Field(description="What feedback names: `<completion id>:<choice index>`.")
+    conversation_id: str = Field(description="The Kafka key: keeps one conversation in order.")
+    user_id: str | None
+    model: str = Field(description="The served model name the client asked for.")
+    adapter_version: str | None = Field(description="Registry version of the LoRA that answered; None: the base model.")
+    messages: list[dict[str, Any]] = Field(description="The prompt messages, redacted if redaction is on.")
+    response: str = Field(description="The answer text, redacted if redaction is on.")
+    finish_reason: str | None
+    sampling: dict[str, Any] = Field(description="Sampling parameters as the client sent them.")
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    duel_id: str | None = Field(default=None, description="Set when the answer is one side of a duel.")
+
+    def kafka_key(self) -> bytes:
+        return self.conversation_id.encode()

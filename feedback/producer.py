@@ -1,0 +1,161 @@
+"""The durable producer: every accepted event reaches Kafka, whatever the broker does meanwhile.
+
+`submit()` never blocks: a writer thread group-commits queued events to the outbox (one fsync
+per batch) and resolves each event's future once it is on disk; a sender thread delivers the
+outbox to Kafka in order (acks=all, idempotent) and advances the outbox cursor only after the
+broker acknowledged. A down broker only grows the backlog, visible in metrics.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import structlog
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from prometheus_client import Counter, Gauge
+
+from feedback.events import Event
+from feedback.outbox import Outbox, OutboxRecord
+
+log = structlog.get_logger(__name__)
+
+BACKLOG = Gauge("rlhf_outbox_backlog_records", "Accepted events on disk not yet acknowledged by Kafka.", ["outbox"])
+BACKLOG_AGE = Gauge("rlhf_outbox_backlog_age_seconds", "Age of the oldest event not yet in Kafka.", ["outbox"])
+DELIVERED = Counter("rlhf_outbox_delivered_total", "Events acknowledged by Kafka.", ["outbox"])
+SEND_FAILURES = Counter("rlhf_outbox_send_failures_total", "Failed delivery attempts (retried).", ["outbox"])
+
+
+class DurableProducer:
+    def __init__(
+        self,
+        bootstrap_servers: list[str],
+        outbox_dir: Path,
+        *,
+        batch_size: int = 500,
+        retry_backoff_s: float = 0.5,
+        delivery_timeout_s: float = 10.0,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.outbox = Outbox(outbox_dir)
+        self.name = outbox_dir.name
+        self.batch_size = batch_size
+        self.retry_backoff_s = retry_backoff_s
+        self.delivery_timeout_s = delivery_timeout_s
+        self._queue: queue.Queue[tuple[OutboxRecord, Future[None]] | None] = queue.Queue()
+        self._wake_sender = threading.Event()
+        self._stop = threading.Event()
+        self._kafka: KafkaProducer | None = None
+        self._writer = threading.Thread(target=self._write_loop, name=f"outbox-writer-{self.name}", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name=f"outbox-sender-{self.name}", daemon=True)
+        BACKLOG.labels(self.name).set(self.outbox.pending)
+
+    def start(self) -> DurableProducer:
+        self._writer.start()
+        self._sender.start()
+        return self
+
+    def submit(self, topic: str, event: Event) -> Future[None]:
+        """Queue an event; the future resolves once it is durable on disk (never blocks)."""
+        done: Future[None] = Future()
+        self._queue.put((OutboxRecord(topic, event.kafka_key(), event.to_wire(), time.time()), done))
+        return done
+
+    @property
+    def backlog(self) -> int:
+        return self.outbox.pending + self._queue.qsize()
+
+    def wait_delivered(self, timeout_s: float) -> bool:
+        """Block until everything accepted so far is in Kafka (tests and shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self.backlog and time.monotonic() < deadline:
+            self._wake_sender.set()
+            time.sleep(0.05)
+        return not self.backlog
+
+    def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Persist everything queued; try to deliver it for a moment; the rest waits on disk."""
+        self._queue.put(None)
+        self._writer.join()
+        self.wait_delivered(drain_timeout_s)
+        self._stop.set()
+        self._wake_sender.set()
+        self._sender.join()
+        if self._kafka is not None:
+            self._kafka.close(timeout=1)
+        self.outbox.close()
+
+    # -- threads -----------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while item is not None and len(batch) < self.batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+            entries = [entry for entry in batch if entry is not None]
+            if entries:
+                try:
+                    self.outbox.append([record for record, _ in entries])
+                except OSError as error:  # disk full or gone: the caller must not be told "accepted"
+                    log.error("outbox.append_failed", outbox=self.name, error=str(error))
+                    for _, done in entries:
+                        done.set_exception(error)
+                else:
+                    for _, done in entries:
+                        done.set_result(None)
+                    BACKLOG.labels(self.name).set(self.backlog)
+                    self._wake_sender.set()
+            if len(entries) < len(batch):  # the stop marker
+                return
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            records, after = self.outbox.read(self.outbox.cursor, self.batch_size)
+            BACKLOG_AGE.labels(self.name).set(time.time() - records[0].accepted_at if records else 0.0)
+            if not records:
+                self._wake_sender.wait(0.5)
+                self._wake_sender.clear()
+                continue
+            try:
+                self._deliver(records)
+            except (KafkaError, OSError) as error:
+                SEND_FAILURES.labels(self.name).inc()
+                log.warning("outbox.send_failed", outbox=self.name, backlog=self.backlog, error=repr(error))
+                self._reset_kafka()
+                self._stop.wait(self.retry_backoff_s)
+                continue
+            self.outbox.ack(after, len(records))
+            DELIVERED.labels(self.name).inc(len(records))
+            BACKLOG.labels(self.name).set(self.backlog)
+
+    def _deliver(self, records: list[OutboxRecord]) -> None:
+        if self._kafka is None:
+            self._kafka = KafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,  # explicit: a conflicting setting raises instead of turning it off
+                linger_ms=5,
+                max_block_ms=int(self.delivery_timeout_s * 1000),
+                request_timeout_ms=int(self.delivery_timeout_s * 1000),
+                client_id=f"rlhf-outbox-{self.name}",
+            )
+        futures = [self._kafka.send(r.topic, key=r.key, value=r.value) for r in records]
+        self._kafka.flush(timeout=self.delivery_timeout_s)
+        for future in futures:
+            future.get(timeout=0)  # raises the broker's error for a record that failed
+
+    def _reset_kafka(self) -> None:
+        if self._kafka is not None:
+            try:
+                self._kafka.close(timeout=0)
+            except KafkaError:
+                pass
+            self._kafka = None
