@@ -53,7 +53,8 @@ class Exchange:
     received: float
     conversation_id: str
     duel_id: str | None = None
-    completion_id: str = ""
+    # ours, not vLLM's: vLLM takes a client's X-Request-Id header as the id, and response ids must be unique
+    completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     texts: dict[int, str] = field(default_factory=dict)
     finish: dict[int, str | None] = field(default_factory=dict)
     prompt_tokens: int = 0
@@ -117,11 +118,12 @@ class ChatService:
 
     # -- engine ------------------------------------------------------------------------------------
     async def _run(self, exchange: Exchange, request: Request):
-        body = exchange.body.model_copy(update={"model": exchange.lease.model})
+        body = exchange.body.model_copy(
+            update={"model": exchange.lease.model, "request_id": exchange.completion_id.removeprefix("chatcmpl-")}
+        )
         return await self.handler.create_chat_completion(body, request)
 
     def _finish_whole(self, exchange: Exchange, result: ChatCompletionResponse) -> dict[str, Any]:
-        exchange.completion_id = result.id
         for choice in result.choices:
             exchange.texts[choice.index] = choice.message.content or ""
             exchange.finish[choice.index] = choice.finish_reason
@@ -158,7 +160,6 @@ class ChatService:
                     yield chunk
                     continue
                 data = json.loads(chunk[6:])
-                exchange.completion_id = data.get("id", exchange.completion_id)
                 for choice in data.get("choices", ()):
                     content = (choice.get("delta") or {}).get("content")
                     if content:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from feedback.broker import EmbeddedBroker
+from feedback.settings import RuntimeSettings
+from feedback.topics import ensure_topics
 from rlhf_loop.model import prepare
 
 
@@ -54,6 +58,7 @@ class ServingServer:
     """`python -m serving` in a subprocess, like vLLM's RemoteOpenAIServer."""
 
     def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.home = Path(env["RLHF_HOME"])
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -75,6 +80,26 @@ class ServingServer:
                 self.process.wait()
 
 
+def read_topic(broker: EmbeddedBroker, topic: str, until: Callable[[list[dict]], bool], timeout_s: float = 30.0) -> list[dict]:
+    """Every record of `topic` from the start (manual assignment: no group join), as JSON,
+    polling until `until(records)` holds or the time is up."""
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(json.loads(record.value) for record in batch)
+            if until(records):
+                break
+        return records
+    finally:
+        consumer.close()
+
+
 def service_env(home: Path, model: Path, broker: EmbeddedBroker, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -91,9 +116,30 @@ def serving(prepared_model: Path, broker: EmbeddedBroker, tmp_path_factory: pyte
     """The real serving process on the prepared model, ready to chat."""
     home = tmp_path_factory.mktemp("serving-home")
     port = free_port()
+    ensure_topics(RuntimeSettings(kafka_bootstrap_servers=",".join(broker.bootstrap_servers)))
     server = ServingServer(service_env(home, prepared_model, broker, RLHF_PORT=str(port)), port, home / "serving.log")
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+def write_lora_adapter(model_dir: Path, out: Path, *, seed: int, rank: int = 8) -> Path:
+    """A real PEFT LoRA for the model with random (non-zero) weights, so it changes answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two distinct real adapters, written once per session."""
+    root = tmp_path_factory.mktemp("adapters")
+    return [write_lora_adapter(prepared_model, root / f"adapter-{seed}", seed=seed) for seed in (1, 2)]

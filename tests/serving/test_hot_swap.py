@@ -1,0 +1,95 @@
+"""Adapter hot-swap under load on the real engine: no request fails, new requests move over,
+a corrupt adapter never replaces a working one."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from learner.registry import Pointer, Registry
+from tests.conftest import ServingServer
+
+pytestmark = pytest.mark.slow
+
+PROMPT = {"model": "rlhf-loop", "messages": [{"role": "user", "content": "Tell me about rivers."}], "max_tokens": 24}
+
+
+def served_version(serving: ServingServer) -> str | None:
+    reply = httpx.post(f"{serving.base_url}/v1/chat/completions", json={**PROMPT, "max_tokens": 1}, timeout=60)
+    reply.raise_for_status()
+    return reply.json()["adapter_version"]
+
+
+def wait_until_served(serving: ServingServer, version: str | None, timeout_s: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if served_version(serving) == version:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{version} not served within {timeout_s}s")
+
+
+def metric(serving: ServingServer, name: str) -> float:
+    text = httpx.get(f"{serving.base_url}/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def test_swap_during_32_concurrent_requests_fails_none(serving: ServingServer, lora_adapters: list[Path]) -> None:
+    registry = Registry(serving.home / "registry")
+    first = registry.publish(lora_adapters[0], {"parent": None, "note": "test"})
+    registry.move_pointer(Pointer(active=first), actor="test", reason="first adapter")
+    wait_until_served(serving, first, timeout_s=30)
+    second = registry.publish(lora_adapters[1], {"parent": first, "note": "test"})
+
+    async def load() -> list[dict]:
+        async with httpx.AsyncClient(timeout=300) as client:
+            async def one(i: int) -> dict:
+                response = await client.post(f"{serving.base_url}/v1/chat/completions", json={**PROMPT, "user": f"u{i}"})
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            tasks = [asyncio.create_task(one(i)) for i in range(32)]
+            await asyncio.sleep(0.5)  # requests are in flight on `first`
+            registry.move_pointer(Pointer(active=second, previous=first), actor="test", reason="swap under load")
+            return await asyncio.gather(*tasks)
+
+    replies = asyncio.run(load())
+    assert len(replies) == 32
+    assert all(r["choices"][0]["message"]["content"] is not None for r in replies)
+    assert {r["adapter_version"] for r in replies} <= {first, second}
+    assert wait_until_served(serving, second, timeout_s=2.0) < 2.0
+    assert all(served_version(serving) == second for _ in range(3))
+
+    # roll back: the previous version serves again, loaded beside (never in place of) the other
+    registry.move_pointer(Pointer(active=first, previous=second), actor="test", reason="rollback")
+    assert wait_until_served(serving, first, timeout_s=2.0) < 2.0
+
+
+def test_corrupt_adapter_fails_to_load_and_the_old_one_keeps_serving(
+    serving: ServingServer, lora_adapters: list[Path], tmp_path: Path
+) -> None:
+    registry = Registry(serving.home / "registry")
+    good = registry.publish(lora_adapters[0], {"note": "good"})
+    registry.move_pointer(Pointer(active=good), actor="test", reason="good adapter")
+    wait_until_served(serving, good, timeout_s=30)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(lora_adapters[1], broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"this is not a safetensors file")
+    bad = registry.publish(broken, {"note": "corrupt"})
+    failures_before = metric(serving, "rlhf_serving_adapter_load_failures_total")
+    registry.move_pointer(Pointer(active=bad, previous=good), actor="test", reason="corrupt adapter")
+
+    deadline = time.monotonic() + 30
+    while metric(serving, "rlhf_serving_adapter_load_failures_total") <= failures_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(serving, "rlhf_serving_adapter_load_failures_total") == failures_before + 1
+    assert all(served_version(serving) == good for _ in range(3))
+    assert f'rlhf_serving_adapter_info{{role="active",version="{good}"}} 1.0' in httpx.get(f"{serving.base_url}/metrics").text
+    registry.move_pointer(Pointer(active=None), actor="test", reason="back to base")
+    wait_until_served(serving, None, timeout_s=5)
