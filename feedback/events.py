@@ -7,11 +7,12 @@ conversation so one conversation stays in order within its partition.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SCHEMA_VERSION = 1
 
@@ -67,3 +68,65 @@ class InteractionEvent(Event):
 
     def kafka_key(self) -> bytes:
         return self.conversation_id.encode()
+
+
+class ThumbEvent(Event):
+    """A thumb up or down on one response. Latest wins per (user, response): consumers keep the
+    newest `occurred_at`, so a changed mind replaces the first rating instead of doubling it."""
+
+    event_type: Literal["thumb"] = "thumb"
+    conversation_id: str
+    response_id: str
+    adapter_version: str | None
+    user_id: str | None
+    rating: Literal["up", "down"]
+    comment: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+    def kafka_key(self) -> bytes:
+        return self.conversation_id.encode()
+
+
+class PairwiseEvent(Event):
+    """A choice between two answers to the same prompt."""
+
+    event_type: Literal["pairwise"] = "pairwise"
+    conversation_id: str
+    response_id_a: str
+    response_id_b: str
+    adapter_version_a: str | None
+    adapter_version_b: str | None
+    user_id: str | None
+    choice: Literal["a", "b", "tie", "both_bad"]
+    duel_id: str | None = None
+    comment: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+    def kafka_key(self) -> bytes:
+        return self.conversation_id.encode()
+
+
+AnyEvent = Annotated[Union[InteractionEvent, ThumbEvent, PairwiseEvent], Field(discriminator="event_type")]
+_ANY_EVENT: TypeAdapter[InteractionEvent | ThumbEvent | PairwiseEvent] = TypeAdapter(AnyEvent)
+
+
+class UnknownSchemaVersion(ValueError):
+    """A record written by a newer (or foreign) producer: rejected, never guessed at."""
+
+
+def parse_event(raw: bytes) -> InteractionEvent | ThumbEvent | PairwiseEvent:
+    """Decode one Kafka record value. Raises UnknownSchemaVersion or ValueError (malformed)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise ValueError(f"record is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError("record is not a JSON object")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise UnknownSchemaVersion(
+            f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION} (event_id={data.get('event_id')!r})"
+        )
+    try:
+        return _ANY_EVENT.validate_python(data)
+    except ValidationError as error:
+        raise ValueError(f"record does not match the event contract: {error.errors()[0]['msg']}") from None

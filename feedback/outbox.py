@@ -47,16 +47,17 @@ class OutboxLocked(RuntimeError):
 class Outbox:
     """Single writer, single reader (the sender thread); both may run in different threads."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int = 16 * 1024 * 1024, retention_s: float = 24 * 3600) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
+        self.retention_s = retention_s
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = open(directory / "LOCK", "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OutboxLocked(f"{directory} is in use by another process: give each process its own RLHF_OUTBOX_DIR") from None
-        self.cursor = self._read_cursor()
+        self.cursor, self.high = self._read_cursor()
         segments = self._segments()
         self._segment = segments[-1] if segments else max(self.cursor.segment, 1)
         self._file = open(self._path(self._segment), "ab")
@@ -101,18 +102,34 @@ class Outbox:
             segment, offset = segment + 1, 0
         return records, Cursor(segment, offset)
 
-    def ack(self, cursor: Cursor, delivered: int) -> None:
-        """Everything before `cursor` is in Kafka: persist the cursor and drop spent segments."""
+    def ack(self, cursor: Cursor, delivered: int, high: dict[str, int]) -> None:
+        """Everything before `cursor` is in Kafka, up to offset `high[topic:partition]`: persist
+        both, and drop delivered segments older than the retention."""
+        self.high = {**self.high, **{k: max(v, self.high.get(k, -1)) for k, v in high.items()}}
+        self._write_cursor(cursor)
+        self.pending -= delivered
+        horizon = time.time() - self.retention_s
+        for segment in self._segments():
+            if segment < cursor.segment and self._path(segment).stat().st_mtime < horizon:
+                self._path(segment).unlink()
+
+    def rewind(self) -> int:
+        """Deliver everything retained again (a fresh, empty broker came up); returns how many."""
+        segments = self._segments()
+        start = Cursor(segments[0], 0) if segments else self.cursor
+        again = self._count_from(start) - self.pending
+        self.high = {}
+        self._write_cursor(start)
+        self.pending += again
+        return again
+
+    def _write_cursor(self, cursor: Cursor) -> None:
         tmp = self.directory / "cursor.json.tmp"
-        tmp.write_text(json.dumps({"segment": cursor.segment, "offset": cursor.offset}))
+        tmp.write_text(json.dumps({"segment": cursor.segment, "offset": cursor.offset, "high": self.high}))
         with open(tmp, "rb") as stream:
             os.fsync(stream.fileno())
         os.replace(tmp, self.directory / "cursor.json")
         self.cursor = cursor
-        self.pending -= delivered
-        for segment in self._segments():
-            if segment < cursor.segment:
-                self._path(segment).unlink()
 
     def oldest_pending_age_s(self) -> float:
         records, _ = self.read(self.cursor, 1)
@@ -129,13 +146,13 @@ class Outbox:
     def _segments(self) -> list[int]:
         return sorted(int(path.stem) for path in self.directory.glob("*.log"))
 
-    def _read_cursor(self) -> Cursor:
+    def _read_cursor(self) -> tuple[Cursor, dict[str, int]]:
         path = self.directory / "cursor.json"
         if not path.exists():
             segments = self._segments()
-            return Cursor(segments[0] if segments else 1, 0)
+            return Cursor(segments[0] if segments else 1, 0), {}
         row = json.loads(path.read_text())
-        return Cursor(row["segment"], row["offset"])
+        return Cursor(row["segment"], row["offset"]), row["high"]
 
     def _cut_torn_tail(self) -> None:
         path = self._path(self._segment)

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import structlog
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
@@ -28,6 +28,7 @@ BACKLOG = Gauge("rlhf_outbox_backlog_records", "Accepted events on disk not yet 
 BACKLOG_AGE = Gauge("rlhf_outbox_backlog_age_seconds", "Age of the oldest event not yet in Kafka.", ["outbox"])
 DELIVERED = Counter("rlhf_outbox_delivered_total", "Events acknowledged by Kafka.", ["outbox"])
 SEND_FAILURES = Counter("rlhf_outbox_send_failures_total", "Failed delivery attempts (retried).", ["outbox"])
+REPLAYS = Counter("rlhf_outbox_replays_total", "Times a fresh (emptied) broker was detected and the retained log replayed.", ["outbox"])
 
 
 class DurableProducer:
@@ -39,9 +40,14 @@ class DurableProducer:
         batch_size: int = 500,
         retry_backoff_s: float = 0.5,
         delivery_timeout_s: float = 10.0,
+        retention_s: float = 24 * 3600,
+        broker_check_s: float = 5.0,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.outbox = Outbox(outbox_dir)
+        self.outbox = Outbox(outbox_dir, retention_s=retention_s)
+        self.broker_check_s = broker_check_s
+        self._checked_at = 0.0
+        self._probe: KafkaConsumer | None = None
         self.name = outbox_dir.name
         self.batch_size = batch_size
         self.retry_backoff_s = retry_backoff_s
@@ -87,6 +93,8 @@ class DurableProducer:
         self._sender.join()
         if self._kafka is not None:
             self._kafka.close(timeout=1)
+        if self._probe is not None:
+            self._probe.close()
         self.outbox.close()
 
     # -- threads -----------------------------------------------------------------------------
@@ -118,6 +126,8 @@ class DurableProducer:
 
     def _send_loop(self) -> None:
         while not self._stop.is_set():
+            if time.monotonic() - self._checked_at >= self.broker_check_s:
+                self._replay_if_broker_lost_data()
             records, after = self.outbox.read(self.outbox.cursor, self.batch_size)
             BACKLOG_AGE.labels(self.name).set(time.time() - records[0].accepted_at if records else 0.0)
             if not records:
@@ -125,18 +135,49 @@ class DurableProducer:
                 self._wake_sender.clear()
                 continue
             try:
-                self._deliver(records)
+                high = self._deliver(records)
             except (KafkaError, OSError) as error:
                 SEND_FAILURES.labels(self.name).inc()
                 log.warning("outbox.send_failed", outbox=self.name, backlog=self.backlog, error=repr(error))
                 self._reset_kafka()
+                self._checked_at = 0.0  # after an outage, check whether the broker came back empty
                 self._stop.wait(self.retry_backoff_s)
                 continue
-            self.outbox.ack(after, len(records))
+            self.outbox.ack(after, len(records), high)
             DELIVERED.labels(self.name).inc(len(records))
             BACKLOG.labels(self.name).set(self.backlog)
 
-    def _deliver(self, records: list[OutboxRecord]) -> None:
+    def _replay_if_broker_lost_data(self) -> None:
+        """An embedded (in-memory) broker that restarted is empty: every partition we wrote to ends
+        below what it acknowledged before. Then deliver the retained log again; consumers
+        deduplicate by event id, so the replay is harmless where the data did survive."""
+        self._checked_at = time.monotonic()
+        if not self.outbox.high:
+            return
+        try:
+            if self._probe is None:
+                self._probe = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id=f"rlhf-outbox-probe-{self.name}",
+                                            request_timeout_ms=int(self.delivery_timeout_s * 1000) + 1000,
+                                            api_version_auto_timeout_ms=2000)
+            wanted = [TopicPartition(key.rsplit(":", 1)[0], int(key.rsplit(":", 1)[1])) for key in self.outbox.high]
+            present = {t: self._probe.partitions_for_topic(t) or set() for t in {tp.topic for tp in wanted}}
+            existing = [tp for tp in wanted if tp.partition in present[tp.topic]]
+            ends = self._probe.end_offsets(existing) if existing else {}
+        except (KafkaError, OSError) as error:
+            log.info("outbox.broker_check_failed", outbox=self.name, error=repr(error))
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+            return
+        lost = [tp for tp in wanted if ends.get(tp, 0) <= self.outbox.high[f"{tp.topic}:{tp.partition}"]]
+        if lost:
+            again = self.outbox.rewind()
+            REPLAYS.labels(self.name).inc()
+            BACKLOG.labels(self.name).set(self.backlog)
+            log.warning("outbox.replay", outbox=self.name, reason="the broker lost acknowledged records",
+                        partitions=[f"{tp.topic}:{tp.partition}" for tp in lost], records=again)
+
+    def _deliver(self, records: list[OutboxRecord]) -> dict[str, int]:
         if self._kafka is None:
             self._kafka = KafkaProducer(
                 bootstrap_servers=self.bootstrap_servers,
@@ -149,8 +190,12 @@ class DurableProducer:
             )
         futures = [self._kafka.send(r.topic, key=r.key, value=r.value) for r in records]
         self._kafka.flush(timeout=self.delivery_timeout_s)
+        high: dict[str, int] = {}
         for future in futures:
-            future.get(timeout=0)  # raises the broker's error for a record that failed
+            metadata = future.get(timeout=0)  # raises the broker's error for a record that failed
+            key = f"{metadata.topic}:{metadata.partition}"
+            high[key] = max(high.get(key, -1), metadata.offset)
+        return high
 
     def _reset_kafka(self) -> None:
         if self._kafka is not None:

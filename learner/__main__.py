@@ -14,7 +14,7 @@ import structlog
 from prometheus_client import start_http_server
 
 from feedback.logs import configure_logging
-from learner.ingest import RecordStore, ingest_once, make_consumer
+from learner.ingest import EventStore, ingest_once, make_consumer
 from learner.settings import LearnerSettings
 
 log = structlog.get_logger("learner")
@@ -28,7 +28,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if settings.learner_metrics_port:
         start_http_server(settings.learner_metrics_port, addr="127.0.0.1")
-    store = RecordStore(settings.dataset_path)
+    store = EventStore(settings.dataset_path)
     consumer = make_consumer(settings)
     log.info("learner.started", dataset=str(settings.dataset_path), stored=store.count(), group=settings.consumer_group)
     try:

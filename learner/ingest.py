@@ -1,8 +1,10 @@
-"""Stream to durable store: every record of the interactions and feedback topics, exactly once.
+"""Stream to durable store: every event of the interactions and feedback topics, exactly once.
 
-Records are written to SQLite keyed by (topic, partition, offset) and committed to Kafka only
-after the SQLite transaction is durable, so a kill at any point loses nothing (uncommitted
-records are read again) and double-counts nothing (the key makes a re-read a no-op).
+Events are written to SQLite keyed by their event id, and offsets are committed to Kafka only
+after the SQLite transaction is durable. A kill at any point loses nothing (uncommitted records
+are read again) and double-counts nothing (a re-read, a producer retry or an outbox replay after
+a broker restart carries the same event id and is ignored). A record of an unknown schema version
+is not guessed at: it is logged, counted and kept aside in `rejected`.
 """
 
 from __future__ import annotations
@@ -16,26 +18,36 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter
 
+from feedback.events import UnknownSchemaVersion, parse_event
 from learner.settings import LearnerSettings
 
 log = structlog.get_logger(__name__)
 
-STORED = Counter("rlhf_learner_records_stored_total", "Kafka records stored durably, by topic.", ["topic"])
+RECEIVED = Counter("rlhf_learner_events_received_total", "Valid events received (new or duplicate), by type.", ["event_type"])
+DUPLICATES = Counter("rlhf_learner_events_duplicate_total", "Events already stored (same event id), ignored.")
+REJECTED = Counter("rlhf_learner_events_rejected_total", "Records refused, by reason.", ["reason"])
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    payload TEXT NOT NULL,
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    key BLOB,
-    value BLOB NOT NULL,
-    timestamp_ms INTEGER NOT NULL,
-    PRIMARY KEY (topic, partition, offset)
-)
+    "offset" INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    value BLOB
+);
 """
 
 
-class RecordStore:
+class EventStore:
     """The learner's durable copy of the stream (WAL, synchronous=FULL: a commit survives power loss)."""
 
     def __init__(self, path: Path) -> None:
@@ -43,20 +55,42 @@ class RecordStore:
         self.db = sqlite3.connect(path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(SCHEMA)
+        self.db.executescript(SCHEMA)
 
     def store(self, records: Iterable[ConsumerRecord]) -> int:
-        """Store records in one transaction; return how many were new."""
-        rows = [(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records]
+        """Store records in one transaction; return how many events were new."""
+        rows, rejected = [], []
+        for record in records:
+            try:
+                event = parse_event(record.value)
+            except UnknownSchemaVersion as error:
+                rejected.append((record, "unknown_schema_version", str(error)))
+                continue
+            except ValueError as error:
+                rejected.append((record, "malformed", str(error)))
+                continue
+            RECEIVED.labels(event.event_type).inc()
+            rows.append((event.event_id, event.event_type, event.occurred_at.isoformat(), event.model_dump_json(),
+                         record.topic, record.partition, record.offset))
         with self.db:
             before = self.db.total_changes
-            self.db.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
-            return self.db.total_changes - before
+            self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            new = self.db.total_changes - before
+            self.db.executemany(
+                "INSERT INTO rejected VALUES (?, ?, ?, ?, ?)",
+                [(r.topic, r.partition, r.offset, reason, r.value) for r, reason, _ in rejected],
+            )
+        for record, reason, message in rejected:
+            REJECTED.labels(reason).inc()
+            log.error("ingest.rejected", topic=record.topic, partition=record.partition, offset=record.offset,
+                      reason=reason, detail=message)
+        DUPLICATES.inc(len(rows) - new)
+        return new
 
-    def count(self, topic: str | None = None) -> int:
-        if topic is None:
-            return self.db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-        return self.db.execute("SELECT COUNT(*) FROM records WHERE topic = ?", (topic,)).fetchone()[0]
+    def count(self, event_type: str | None = None) -> int:
+        if event_type is None:
+            return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM events WHERE event_type = ?", (event_type,)).fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
@@ -74,15 +108,13 @@ def make_consumer(settings: LearnerSettings) -> KafkaConsumer:
     )
 
 
-def ingest_once(consumer: KafkaConsumer, store: RecordStore, poll_ms: int) -> int:
-    """One poll: store what arrived, then commit its offsets. Returns how many records were new."""
+def ingest_once(consumer: KafkaConsumer, store: EventStore, poll_ms: int) -> int:
+    """One poll: store what arrived, then commit its offsets. Returns how many events were new."""
     batches = consumer.poll(timeout_ms=poll_ms)
     records = [record for batch in batches.values() for record in batch]
     if not records:
         return 0
     new = store.store(records)
     consumer.commit()  # after the SQLite commit: a kill in between only causes a harmless re-read
-    for record in records:
-        STORED.labels(record.topic).inc()
     log.info("ingest.stored", received=len(records), new=new)
     return new

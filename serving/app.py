@@ -19,6 +19,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from feedback.producer import DurableProducer
+from feedback.ratelimit import RateLimiter
+from feedback.routes import router as feedback_router
+from feedback.service import FeedbackService
 from learner.registry import Registry
 from serving.adapters import AdapterRouter
 from serving.chat import ChatService
@@ -68,6 +71,11 @@ def create_app(settings: ServingSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.producer = DurableProducer(settings.bootstrap_servers, settings.interaction_outbox_dir).start()
+        app.state.feedback = FeedbackService(
+            app.state.token_signer.verify, app.state.producer, settings.feedback_topic,
+            per_user=RateLimiter(settings.feedback_per_user_per_minute, settings.feedback_burst),
+            per_client=RateLimiter(settings.feedback_per_client_per_minute, settings.feedback_burst * 5),
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(_engine_task(app, settings, stop))
         try:
@@ -82,6 +90,10 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.state.ready = False
     app.state.engine_failed = False
     app.state.token_signer = TokenSigner(settings.token_key(), settings.feedback_token_ttl_s)
+    app.state.authenticated_user = (
+        (lambda request: request.headers.get(settings.user_header)) if settings.user_header else (lambda request: None)
+    )
+    app.include_router(feedback_router)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
 

@@ -74,6 +74,7 @@ class ChatService:
 
     # -- routes -----------------------------------------------------------------------------------
     async def complete(self, body: ChatRequest, request: Request) -> Response:
+        body = _attribute(body, request)
         try:
             lease = self.router.lease(body.user, body.model)
         except PinningDisabled as error:
@@ -99,6 +100,7 @@ class ChatService:
         if body.model not in (None, self.router.base_model_name):
             return error_response(400, f"a duel picks its own policies: send `model: {self.router.base_model_name}`",
                                   param="model")
+        body = _attribute(body, request)
         duel_id = f"duel-{uuid.uuid4().hex}"
         leases = self.router.lease_pair()
         exchanges = [
@@ -201,7 +203,7 @@ class ChatService:
         handles = []
         for index in sorted(exchange.texts):
             response_id = f"{exchange.completion_id}:{index}"
-            token = self.signer.sign(rid=response_id, av=lease.adapter_version, u=body.user, st=body.store,
+            token = self.signer.sign(rid=response_id, c=exchange.conversation_id, av=lease.adapter_version, u=body.user, st=body.store,
                                      ph=phash, d=exchange.duel_id)
             handles.append(FeedbackHandle(index=index, response_id=response_id, feedback_token=token,
                                           adapter_version=lease.adapter_version))
@@ -232,6 +234,12 @@ class ChatService:
             self.producer.submit(self.topic, event)  # non-blocking; a down broker only grows the outbox
             INTERACTIONS_LOGGED.inc()
         return handles
+
+
+def _attribute(body: ChatRequest, request: Request) -> ChatRequest:
+    """An authenticated user (from the trusted header) overrides the `user` field a client sent."""
+    user = request.app.state.authenticated_user(request)
+    return body if user is None else body.model_copy(update={"user": user})
 
 
 def _plain_message(message: Any) -> dict[str, str]:

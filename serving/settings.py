@@ -47,6 +47,16 @@ class ServingSettings(RuntimeSettings):
         default=False, description="Let a request pin an adapter by model name `<served>@<version>` (evaluation)."
     )
     adapter_poll_s: float = Field(default=0.5, gt=0, description="How often serving reads the registry pointer.")
+    user_header: str | None = Field(
+        default=None,
+        description=(
+            "Header carrying the authenticated user id, set by your auth proxy (e.g. X-Forwarded-User). Set: "
+            "chat is attributed to it and a feedback token is only accepted from the user it was issued to."
+        ),
+    )
+    feedback_per_user_per_minute: float = Field(default=60, gt=0, description="Sustained feedback rate allowed per user.")
+    feedback_per_client_per_minute: float = Field(default=600, gt=0, description="Sustained feedback rate per client address.")
+    feedback_burst: int = Field(default=20, ge=1, description="Feedback requests allowed at once before the rate applies.")
     outbox_dir: Path | None = Field(
         default=None, description="Outbox of interaction events. Unset: RLHF_HOME/outbox/serving-<port>."
     )

@@ -17,8 +17,10 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from feedback.service import InvalidToken
 
-class TokenError(ValueError):
+
+class TokenError(InvalidToken):
     """The token is forged, tampered with, malformed or expired; the message says which."""
 
 
@@ -26,6 +28,7 @@ class FeedbackClaims(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     response_id: str = Field(alias="rid")
+    conversation_id: str = Field(alias="c")
     adapter_version: str | None = Field(alias="av")
     user_id: str | None = Field(alias="u")
     store: bool = Field(alias="st", description="False: the user opted out of training (`store: false`).")

@@ -117,7 +117,8 @@ def serving(prepared_model: Path, broker: EmbeddedBroker, tmp_path_factory: pyte
     home = tmp_path_factory.mktemp("serving-home")
     port = free_port()
     ensure_topics(RuntimeSettings(kafka_bootstrap_servers=",".join(broker.bootstrap_servers)))
-    server = ServingServer(service_env(home, prepared_model, broker, RLHF_PORT=str(port)), port, home / "serving.log")
+    env = service_env(home, prepared_model, broker, RLHF_PORT=str(port), RLHF_USER_HEADER="X-Forwarded-User")
+    server = ServingServer(env, port, home / "serving.log")
     try:
         server.wait_ready()
         yield server

@@ -10,7 +10,7 @@ import pytest
 
 from serving.tokens import TokenError, TokenSigner, prompt_hash
 
-CLAIMS = dict(rid="chatcmpl-1:0", av="v0003", u="alice", st=True, ph=prompt_hash([{"role": "user", "content": "hi"}]))
+CLAIMS = dict(rid="chatcmpl-1:0", c="conv-1", av="v0003", u="alice", st=True, ph=prompt_hash([{"role": "user", "content": "hi"}]))
 
 
 def test_another_replica_with_the_key_verifies_the_claims() -> None:
