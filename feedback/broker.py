@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import structlog
@@ -91,8 +92,9 @@ class EmbeddedBroker:
         address = f"tcp://{self.host}:{self.port}"
         output = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
+            # a fresh cluster id per start: clients can tell a restarted (and so empty) broker apart
             [binary, "broker", "--listener-url", address, "--advertised-listener-url", address,
-             "--storage-engine", "memory://tansu/"],
+             "--storage-engine", "memory://tansu/", "--cluster-id", f"rlhf-embedded-{uuid.uuid4().hex[:12]}"],
             stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=die_with_parent,
         )

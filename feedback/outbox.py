@@ -57,7 +57,7 @@ class Outbox:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OutboxLocked(f"{directory} is in use by another process: give each process its own RLHF_OUTBOX_DIR") from None
-        self.cursor, self.high = self._read_cursor()
+        self.cursor, self.cluster_id = self._read_cursor()
         segments = self._segments()
         self._segment = segments[-1] if segments else max(self.cursor.segment, 1)
         self._file = open(self._path(self._segment), "ab")
@@ -102,10 +102,10 @@ class Outbox:
             segment, offset = segment + 1, 0
         return records, Cursor(segment, offset)
 
-    def ack(self, cursor: Cursor, delivered: int, high: dict[str, int]) -> None:
-        """Everything before `cursor` is in Kafka, up to offset `high[topic:partition]`: persist
-        both, and drop delivered segments older than the retention."""
-        self.high = {**self.high, **{k: max(v, self.high.get(k, -1)) for k, v in high.items()}}
+    def ack(self, cursor: Cursor, delivered: int, cluster_id: str | None) -> None:
+        """Everything before `cursor` is in Kafka cluster `cluster_id`: persist that, and drop
+        delivered segments older than the retention."""
+        self.cluster_id = cluster_id
         self._write_cursor(cursor)
         self.pending -= delivered
         horizon = time.time() - self.retention_s
@@ -118,14 +118,15 @@ class Outbox:
         segments = self._segments()
         start = Cursor(segments[0], 0) if segments else self.cursor
         again = self._count_from(start) - self.pending
-        self.high = {}
         self._write_cursor(start)
         self.pending += again
         return again
 
     def _write_cursor(self, cursor: Cursor) -> None:
         tmp = self.directory / "cursor.json.tmp"
-        tmp.write_text(json.dumps({"segment": cursor.segment, "offset": cursor.offset, "high": self.high}))
+        tmp.write_text(json.dumps(
+            {"segment": cursor.segment, "offset": cursor.offset, "cluster_id": self.cluster_id}
+        ))
         with open(tmp, "rb") as stream:
             os.fsync(stream.fileno())
         os.replace(tmp, self.directory / "cursor.json")
@@ -146,13 +147,13 @@ class Outbox:
     def _segments(self) -> list[int]:
         return sorted(int(path.stem) for path in self.directory.glob("*.log"))
 
-    def _read_cursor(self) -> tuple[Cursor, dict[str, int]]:
+    def _read_cursor(self) -> tuple[Cursor, str | None]:
         path = self.directory / "cursor.json"
         if not path.exists():
             segments = self._segments()
-            return Cursor(segments[0] if segments else 1, 0), {}
+            return Cursor(segments[0] if segments else 1, 0), None
         row = json.loads(path.read_text())
-        return Cursor(row["segment"], row["offset"]), row["high"]
+        return Cursor(row["segment"], row["offset"]), row["cluster_id"]
 
     def _cut_torn_tail(self) -> None:
         path = self._path(self._segment)

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
@@ -47,7 +47,9 @@ class DurableProducer:
         self.outbox = Outbox(outbox_dir, retention_s=retention_s)
         self.broker_check_s = broker_check_s
         self._checked_at = 0.0
-        self._probe: KafkaConsumer | None = None
+        self._verify_before_send = True  # at start and after every outage: is this broker the one we wrote to?
+        self._probe: KafkaAdminClient | None = None
+        self._cluster_id: str | None = None
         self.name = outbox_dir.name
         self.batch_size = batch_size
         self.retry_backoff_s = retry_backoff_s
@@ -93,8 +95,7 @@ class DurableProducer:
         self._sender.join()
         if self._kafka is not None:
             self._kafka.close(timeout=1)
-        if self._probe is not None:
-            self._probe.close()
+        self._close_probe()
         self.outbox.close()
 
     # -- threads -----------------------------------------------------------------------------
@@ -126,8 +127,11 @@ class DurableProducer:
 
     def _send_loop(self) -> None:
         while not self._stop.is_set():
-            if time.monotonic() - self._checked_at >= self.broker_check_s:
-                self._replay_if_broker_lost_data()
+            if self._verify_before_send or time.monotonic() - self._checked_at >= self.broker_check_s:
+                if not self._replay_if_broker_lost_data() and self._verify_before_send:
+                    self._stop.wait(self.retry_backoff_s)  # broker unreachable: sending would fail too
+                    continue
+                self._verify_before_send = False
             records, after = self.outbox.read(self.outbox.cursor, self.batch_size)
             BACKLOG_AGE.labels(self.name).set(time.time() - records[0].accepted_at if records else 0.0)
             if not records:
@@ -135,49 +139,47 @@ class DurableProducer:
                 self._wake_sender.clear()
                 continue
             try:
-                high = self._deliver(records)
+                self._deliver(records)
             except (KafkaError, OSError) as error:
                 SEND_FAILURES.labels(self.name).inc()
                 log.warning("outbox.send_failed", outbox=self.name, backlog=self.backlog, error=repr(error))
                 self._reset_kafka()
-                self._checked_at = 0.0  # after an outage, check whether the broker came back empty
+                self._verify_before_send = True  # after an outage, check whether the broker came back empty
                 self._stop.wait(self.retry_backoff_s)
                 continue
-            self.outbox.ack(after, len(records), high)
+            self.outbox.ack(after, len(records), self._cluster_id)
             DELIVERED.labels(self.name).inc(len(records))
             BACKLOG.labels(self.name).set(self.backlog)
 
-    def _replay_if_broker_lost_data(self) -> None:
-        """An embedded (in-memory) broker that restarted is empty: every partition we wrote to ends
-        below what it acknowledged before. Then deliver the retained log again; consumers
-        deduplicate by event id, so the replay is harmless where the data did survive."""
+    def _replay_if_broker_lost_data(self) -> bool:
+        """A restarted in-memory broker is empty and, started by us, reports a new cluster id
+        (Kafka's cluster id is unique per cluster). If the cluster we last delivered to is not the
+        one answering now, deliver the retained log again; consumers deduplicate by event id, so
+        a replay is harmless where data did survive. Returns False when the broker did not answer."""
         self._checked_at = time.monotonic()
-        if not self.outbox.high:
-            return
         try:
             if self._probe is None:
-                self._probe = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id=f"rlhf-outbox-probe-{self.name}",
-                                            request_timeout_ms=int(self.delivery_timeout_s * 1000) + 1000,
-                                            api_version_auto_timeout_ms=2000)
-            wanted = [TopicPartition(key.rsplit(":", 1)[0], int(key.rsplit(":", 1)[1])) for key in self.outbox.high]
-            present = {t: self._probe.partitions_for_topic(t) or set() for t in {tp.topic for tp in wanted}}
-            existing = [tp for tp in wanted if tp.partition in present[tp.topic]]
-            ends = self._probe.end_offsets(existing) if existing else {}
+                self._probe = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+                                               client_id=f"rlhf-outbox-probe-{self.name}")
+            self._cluster_id = self._probe.describe_cluster()["cluster_id"]
         except (KafkaError, OSError) as error:
             log.info("outbox.broker_check_failed", outbox=self.name, error=repr(error))
-            if self._probe is not None:
-                self._probe.close()
-                self._probe = None
-            return
-        lost = [tp for tp in wanted if ends.get(tp, 0) <= self.outbox.high[f"{tp.topic}:{tp.partition}"]]
-        if lost:
+            self._close_probe()
+            return False
+        if self.outbox.cluster_id is not None and self._cluster_id != self.outbox.cluster_id:
             again = self.outbox.rewind()
             REPLAYS.labels(self.name).inc()
             BACKLOG.labels(self.name).set(self.backlog)
-            log.warning("outbox.replay", outbox=self.name, reason="the broker lost acknowledged records",
-                        partitions=[f"{tp.topic}:{tp.partition}" for tp in lost], records=again)
+            log.warning("outbox.replay", outbox=self.name, reason="a different (fresh) Kafka cluster answers",
+                        delivered_to=self.outbox.cluster_id, now=self._cluster_id, records=again)
+        return True
 
-    def _deliver(self, records: list[OutboxRecord]) -> dict[str, int]:
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+    def _deliver(self, records: list[OutboxRecord]) -> None:
         if self._kafka is None:
             self._kafka = KafkaProducer(
                 bootstrap_servers=self.bootstrap_servers,
@@ -190,12 +192,8 @@ class DurableProducer:
             )
         futures = [self._kafka.send(r.topic, key=r.key, value=r.value) for r in records]
         self._kafka.flush(timeout=self.delivery_timeout_s)
-        high: dict[str, int] = {}
         for future in futures:
-            metadata = future.get(timeout=0)  # raises the broker's error for a record that failed
-            key = f"{metadata.topic}:{metadata.partition}"
-            high[key] = max(high.get(key, -1), metadata.offset)
-        return high
+            future.get(timeout=0)  # raises the broker's error for a record that failed
 
     def _reset_kafka(self) -> None:
         if self._kafka is not None:
