@@ -37,9 +37,10 @@ up: install
 test: install
 	$(BIN)/python -m pytest
 
+# Each benchmark runs its peer in the same run on this machine and writes bench/results/<name>.json.
 bench: install
-	mkdir -p bench/results
-	@echo "no benchmarks yet: bench/results is where they will write JSON"
+	$(BIN)/python -m tests.bench.serving
+	$(BIN)/python -m tests.bench.feedback
 
 docs: install
 	$(BIN)/rlhf-loop config --write-readme README.md

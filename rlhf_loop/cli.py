@@ -80,6 +80,71 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events(args: argparse.Namespace):
+    from feedback.export import read_events
+    from feedback.settings import RuntimeSettings
+
+    settings = _load(RuntimeSettings)
+    return read_events(settings.bootstrap_servers, [settings.interactions_topic, settings.feedback_topic],
+                       since=args.since, until=args.until, kinds=args.kinds)
+
+
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from feedback.export import write
+
+    fmt = args.format or ("parquet" if args.output.suffix == ".parquet" else "jsonl")
+    count = write(_events(args), args.output, fmt)
+    print(f"wrote {count} events to {args.output} ({fmt})", file=sys.stderr)
+    return 0
+
+
+def cmd_feedback_stats(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from feedback.export import summarize
+
+    stats = summarize(_events(args))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(stats), indent=2))
+        return 0
+    console = Console()
+    console.print("events: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.counts.items())) or "no events")
+    thumbs = Table("adapter", "up", "down", "thumb-up rate", title="thumbs (latest per user and response)")
+    for version, row in stats.thumbs_by_adapter.items():
+        thumbs.add_row(version, str(row["up"]), str(row["down"]), f"{row['up_rate']:.1%}")
+    console.print(thumbs)
+    duels = Table("a", "b", "a wins", "b wins", "tie", "both bad", "a win rate", title="pairwise choices")
+    for row in stats.pairwise:
+        rate = "-" if row["a_win_rate"] is None else f"{row['a_win_rate']:.1%}"
+        duels.add_row(row["a"], row["b"], *(str(row[k]) for k in ("a_wins", "b_wins", "tie", "both_bad")), rate)
+    console.print(duels)
+    return 0
+
+
+def _timestamp(text: str):
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {text!r} (e.g. 2026-11-23 or 2026-11-23T12:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _kinds(text: str) -> list[str]:
+    from feedback.export import KINDS
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"kinds are {', '.join(KINDS)} (comma-separated), not {text!r}")
+    return kinds
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from rlhf_loop.config import readme_with_table, settings_table
 
@@ -102,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = model.add_parser("prepare", help="write the bundled SmolLM2-135M-Instruct as safetensors (idempotent)")
     prepare.add_argument("--output", type=Path, help="target directory (default: RLHF_HOME/models/SmolLM2-135M-Instruct)")
     prepare.set_defaults(func=cmd_model_prepare)
+
+    feedback = commands.add_parser("feedback", help="feedback data for product teams").add_subparsers(
+        dest="feedback_command", required=True)
+    for name, func, helptext in (
+        ("export", cmd_feedback_export, "write events to JSON Lines or Parquet"),
+        ("stats", cmd_feedback_stats, "counts, thumb-up rate per adapter, pairwise win rates"),
+    ):
+        sub = feedback.add_parser(name, help=helptext)
+        sub.add_argument("--since", type=_timestamp, help="only events at or after this time (ISO 8601, UTC if no zone)")
+        sub.add_argument("--until", type=_timestamp, help="only events before this time")
+        sub.add_argument("--kinds", type=_kinds, default=["interaction", "thumb", "pairwise"],
+                         help="comma-separated: interaction,thumb,pairwise (default: all)")
+        sub.set_defaults(func=func)
+        if name == "export":
+            sub.add_argument("--output", "-o", type=Path, required=True, help="file to write (.parquet: Parquet)")
+            sub.add_argument("--format", choices=["jsonl", "parquet"], help="default: from the file suffix")
+        else:
+            sub.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     config = commands.add_parser("config", help="print every setting with its env var and default")
     config.add_argument("--write-readme", type=Path, metavar="README", help="rewrite the table in this README")

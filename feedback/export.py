@@ -1,0 +1,134 @@
+"""For product teams: feedback and interactions out of Kafka, as files and as summary figures.
+
+Reads the topics from the beginning up to the time of the call (manual partition assignment: no
+consumer group, nothing committed), deduplicates by event id, and applies
+latest-wins to thumbs (one rating per user and response: the newest).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+import structlog
+from kafka import KafkaConsumer, TopicPartition
+
+from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion, parse_event
+
+log = structlog.get_logger(__name__)
+
+AnyEvent = InteractionEvent | ThumbEvent | PairwiseEvent
+KINDS = ("interaction", "thumb", "pairwise")
+
+
+def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None = None,
+                until: datetime | None = None, kinds: Iterable[str] = KINDS) -> Iterator[AnyEvent]:
+    """Every distinct event on `topics` (as of now) within [since, until) of the wanted kinds."""
+    kinds = set(kinds)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, client_id="rlhf-export")
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if not partitions:
+            return
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        started_ms = time.time() * 1000
+        ends = consumer.end_offsets(partitions)
+        seen: set[str] = set()
+        # Done when each partition reached the end it had at the start and a poll came back empty,
+        # or showed a record newer than the start. End offsets alone are not trusted: a broker that
+        # counts a multi-record batch as one offset (Tansu does) would cut the read short.
+        while True:
+            batches = consumer.poll(timeout_ms=1500)
+            for tp, batch in batches.items():
+                for record in batch:
+                    if record.timestamp > started_ms:
+                        consumer.pause(tp)
+                        break
+                    event = _parse(record)
+                    if event is None or event.event_id in seen or event.event_type not in kinds:
+                        continue
+                    if (since and event.occurred_at < since) or (until and event.occurred_at >= until):
+                        continue
+                    seen.add(event.event_id)
+                    yield event
+            active = [tp for tp in partitions if tp not in consumer.paused()]
+            if not active or (not batches and all(consumer.position(tp) >= ends[tp] for tp in active)):
+                return
+    finally:
+        consumer.close()
+
+
+def _parse(record) -> AnyEvent | None:
+    try:
+        return parse_event(record.value)
+    except (UnknownSchemaVersion, ValueError) as error:
+        log.warning("export.skipped", topic=record.topic, offset=record.offset, reason=str(error))
+        return None
+
+
+def latest_thumbs(events: Iterable[AnyEvent]) -> list[ThumbEvent]:
+    """One thumb per (user, response): the newest. Anonymous thumbs count each on their own."""
+    newest: dict[tuple[str, str], ThumbEvent] = {}
+    for event in events:
+        if isinstance(event, ThumbEvent):
+            key = (event.user_id or f"anonymous:{event.event_id}", event.response_id)
+            if key not in newest or event.occurred_at >= newest[key].occurred_at:
+                newest[key] = event
+    return list(newest.values())
+
+
+def write(events: Iterable[AnyEvent], path: Path, fmt: Literal["jsonl", "parquet"]) -> int:
+    rows = [event.model_dump(mode="json") for event in events]
+    if fmt == "jsonl":
+        with open(path, "w") as out:
+            for row in rows:
+                out.write(json.dumps(row) + "\n")
+        return len(rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # nested fields (messages, sampling, timings, reasons) as JSON text: one schema for every kind
+    flat = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()} for row in rows]
+    pq.write_table(pa.Table.from_pylist(flat), path)
+    return len(rows)
+
+
+@dataclass
+class Stats:
+    counts: dict[str, int] = field(default_factory=dict)
+    thumbs_by_adapter: dict[str, dict[str, float]] = field(default_factory=dict)
+    pairwise: list[dict[str, object]] = field(default_factory=list)
+
+
+def summarize(events: Iterable[AnyEvent]) -> Stats:
+    events = list(events)
+    stats = Stats(counts=dict(Counter(e.event_type for e in events)))
+    ups: dict[str, Counter] = defaultdict(Counter)
+    for thumb in latest_thumbs(events):
+        ups[thumb.adapter_version or "base"][thumb.rating] += 1
+    stats.thumbs_by_adapter = {
+        version: {"up": c["up"], "down": c["down"], "up_rate": c["up"] / (c["up"] + c["down"])}
+        for version, c in sorted(ups.items())
+    }
+    duels: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for event in events:
+        if isinstance(event, PairwiseEvent):
+            a, b = event.adapter_version_a or "base", event.adapter_version_b or "base"
+            outcome = {"a": "a_wins", "b": "b_wins"}.get(event.choice, event.choice)
+            if (b, a) in duels:  # count (x vs y) and (y vs x) as one pairing
+                a, b = b, a
+                outcome = {"a_wins": "b_wins", "b_wins": "a_wins"}.get(outcome, outcome)
+            duels[(a, b)][outcome] += 1
+    for (a, b), c in sorted(duels.items()):
+        decided = c["a_wins"] + c["b_wins"]
+        stats.pairwise.append({
+            "a": a, "b": b, "a_wins": c["a_wins"], "b_wins": c["b_wins"], "tie": c["tie"], "both_bad": c["both_bad"],
+            "a_win_rate": c["a_wins"] / decided if decided else None,
+        })
+    return stats
