@@ -1,0 +1,32 @@
+"""The learner's store: dedupes by event id, refuses unknown schema versions loudly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kafka.consumer.fetcher import ConsumerRecord
+
+from feedback.events import ThumbEvent
+from learner.ingest import REJECTED, EventStore
+
+
+def record(value: bytes, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(topic="rlhf.feedback", partition=0, leader_epoch=0, offset=offset, timestamp=0, timestamp_type=0,
+                          key=b"k", value=value, headers=[], checksum=None, serialized_key_size=1,
+                          serialized_value_size=len(value), serialized_header_size=-1)
+
+
+def test_same_event_twice_is_stored_once_and_unknown_versions_are_set_aside(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.sqlite")
+    thumb = ThumbEvent(conversation_id="c", response_id="r", adapter_version=None, user_id="u", rating="up")
+    future = json.dumps({**json.loads(thumb.to_wire()), "schema_version": 2, "event_id": "from-the-future"}).encode()
+    before = REJECTED.labels("unknown_schema_version")._value.get()
+    assert store.store([record(thumb.to_wire(), 0), record(thumb.to_wire(), 1), record(future, 2), record(b"{", 3)]) == 1
+    assert store.store([record(thumb.to_wire(), 0)]) == 0  # a re-read after a crash
+    assert store.count() == store.count("thumb") == 1
+    assert REJECTED.labels("unknown_schema_version")._value.get() == before + 1
+    reasons = [row[0] for row in store.db.execute("SELECT reason FROM rejected ORDER BY offset")]
+    assert reasons == ["unknown_schema_version", "malformed"]
+    store.close()
+    assert EventStore(tmp_path / "events.sqlite").count() == 1  # durable across a reopen
