@@ -19,6 +19,20 @@ class LearnerSettings(RuntimeSettings):
     )
     ingest_poll_ms: int = Field(default=1000, ge=10, description="Longest wait for new records in one poll, in ms.")
 
+    min_new_feedback: int = Field(default=50, ge=1, description="New ratings that start a training cycle.")
+    max_interval_s: float = Field(
+        default=3600, gt=0, description="A cycle also starts this long after the last one, if any new rating arrived."
+    )
+    max_feedback_wait_s: float = Field(
+        default=3600, gt=0, description="How long a rating waits for its interaction before it is dropped."
+    )
+    max_examples_per_user: int = Field(default=200, ge=1, description="Per-user cap on examples in one refresh.")
+    prompt_file: Path | None = Field(default=None, description="Extra PPO prompts: JSON Lines of {\"prompt\": ...}.")
+
     @property
     def dataset_path(self) -> Path:
         return self.home / "learner" / "events.sqlite"
+
+    @property
+    def learner_dir(self) -> Path:
+        return self.home / "learner"

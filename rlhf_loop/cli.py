@@ -145,6 +145,27 @@ def _kinds(text: str) -> list[str]:
     return kinds
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from feedback.logs import configure_logging
+    from learner.cycle import run_cycle
+    from learner.ppo import PPOConfig
+    from learner.reward_model import RewardConfig
+    from learner.settings import LearnerSettings
+    from rlhf_loop.config import dataclass_from_arguments
+
+    settings = _load(LearnerSettings)
+    configure_logging("learner")
+    if not settings.model_dir.is_dir():
+        return _fail(f"no model at {settings.model_dir}: run `rlhf-loop model prepare` or set RLHF_MODEL")
+    report = run_cycle(settings, dataclass_from_arguments(args, PPOConfig, "ppo"),
+                       dataclass_from_arguments(args, RewardConfig, "rm"))
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from rlhf_loop.config import readme_with_table, settings_table
 
@@ -155,7 +176,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-loop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -167,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = model.add_parser("prepare", help="write the bundled SmolLM2-135M-Instruct as safetensors (idempotent)")
     prepare.add_argument("--output", type=Path, help="target directory (default: RLHF_HOME/models/SmolLM2-135M-Instruct)")
     prepare.set_defaults(func=cmd_model_prepare)
+
+    learn = commands.add_parser("learn", help="run one training cycle now on the stored feedback and exit")
+    learn.add_argument("--once", action="store_true", required=True, help="one cycle, then exit (the learner "
+                       "service runs cycles on its schedule)")
+    if learn_flags:  # importing the training code pulls in torch: only when `learn` is the command
+        from learner.ppo import PPOConfig
+        from learner.reward_model import RewardConfig
+        from rlhf_loop.config import add_dataclass_arguments
+
+        add_dataclass_arguments(learn, PPOConfig, "ppo")
+        add_dataclass_arguments(learn, RewardConfig, "rm")
+    learn.set_defaults(func=cmd_learn)
 
     feedback = commands.add_parser("feedback", help="feedback data for product teams").add_subparsers(
         dest="feedback_command", required=True)
@@ -193,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(learn_flags=bool(argv) and argv[0] == "learn").parse_args(argv)
     return args.func(args)
 
 

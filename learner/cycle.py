@@ -1,0 +1,87 @@
+"""One training cycle: stored feedback -> reward-model refresh -> PPO -> candidate in the registry.
+
+The candidate is only published; gates decide whether it may serve (see the gates issue).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import structlog
+
+from learner import dataset
+from learner.ingest import EventStore
+from learner.ppo import PPOConfig, PPOTrainer, write_history
+from learner.registry import Registry
+from learner.reward_model import RewardConfig, load_current, refresh
+from learner.settings import LearnerSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class CycleReport:
+    candidate: str | None
+    reason: str
+    reward_model: str | None = None
+    reward_model_heldout: dict | None = None
+    ppo_steps: int = 0
+    final_scores: float | None = None
+    final_kl: float | None = None
+    seconds: float = 0.0
+
+
+def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *, rollouts=None) -> CycleReport:
+    started = time.perf_counter()
+    store = EventStore(settings.dataset_path)
+    try:
+        data = dataset.build(store, max_per_user=settings.max_examples_per_user,
+                             max_wait_s=settings.max_feedback_wait_s)
+        feedback_count = store.count("thumb") + store.count("pairwise")
+    finally:
+        store.close()
+    log.info("cycle.data", pairs=len(data.pairs), thumbs=len(data.pointwise), prompts=len(data.prompts),
+             waiting=data.waiting, dropped=data.dropped, capped=data.capped)
+    if not data.pairs and not data.pointwise:
+        return CycleReport(None, "no joined feedback yet", seconds=time.perf_counter() - started)
+
+    # 1. refresh the reward model (kept only if not worse on held-out data)
+    rm_root = settings.learner_dir / "reward_models"
+    rm_report = refresh(settings.model_dir, rm_root, data, reward)
+    scorer, rm_version = load_current(settings.model_dir, rm_root, reward) or (None, None)
+    if scorer is None:
+        return CycleReport(None, "no reward model passed its held-out check", seconds=time.perf_counter() - started)
+
+    # 2. PPO from the active adapter on logged prompts (plus the prompt file)
+    registry = Registry(settings.registry_dir)
+    parent = registry.read_pointer().active
+    prompts = list(data.prompts)
+    if settings.prompt_file is not None:
+        prompts += dataset.load_prompt_file(settings.prompt_file)
+    random.Random(reward.seed).shuffle(prompts)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_dir = settings.learner_dir / "runs" / run_id
+    trainer = PPOTrainer(settings.model_dir, run_dir, ppo,
+                         score=lambda p, texts: scorer.score(p, texts),
+                         warm_start=registry.version_path(parent) if parent else None, rollouts=rollouts)
+    history = trainer.train(prompts)
+    write_history(run_dir / "ppo_history.jsonl", history)
+
+    # 3. publish the candidate with its lineage
+    adapter = trainer.save_adapter(run_dir / "candidate")
+    window = {"events_until": data.newest_event_at.isoformat() if data.newest_event_at else None,
+              "feedback_events": feedback_count, "pairs": len(data.pairs), "thumbs": len(data.pointwise)}
+    candidate = registry.publish(adapter, {
+        "parent": parent, "data_window": window, "reward_model": rm_version,
+        "reward_model_heldout": rm_report.heldout, "hyperparameters": {"ppo": asdict(ppo), "reward": asdict(reward)},
+        "ppo_final": history[-1] if history else None, "run": str(run_dir),
+    })
+    (run_dir / "report.json").write_text(json.dumps({"candidate": candidate, "parent": parent, "reward_model": rm_version}))
+    log.info("cycle.published", candidate=candidate, parent=parent, reward_model=rm_version)
+    return CycleReport(candidate, "published", rm_version, rm_report.heldout, len(history),
+                       history[-1]["objective/scores"], history[-1]["objective/kl"], time.perf_counter() - started)

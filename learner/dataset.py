@@ -1,0 +1,132 @@
+"""From the stored stream to training data: join feedback to the interactions it rates.
+
+- Thumbs: latest wins per (user, response). A thumb becomes a pointwise example (up = 1, down = 0);
+  where one prompt has both an up and a down answer, they also form a preference pair.
+- Pairwise: `a`/`b` become a (chosen, rejected) pair; `tie` and `both_bad` carry no order and are
+  not used for the Bradley-Terry loss.
+- Feedback whose interaction has not arrived yet waits (it stays in the store and joins on a later
+  build); after `max_wait_s` without it, it is dropped and counted.
+- Per-user cap: at most `max_per_user` examples of each kind per user (their newest), so one user
+  flooding ratings cannot dominate a refresh.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, parse_event
+from feedback.export import latest_thumbs
+from learner.ingest import EventStore
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    prompt: tuple[tuple[str, str], ...]  # ((role, content), ...)
+    response: str
+    label: float  # 1.0 thumb up, 0.0 thumb down
+    user_id: str | None
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: tuple[tuple[str, str], ...]
+    chosen: str
+    rejected: str
+    user_id: str | None
+
+
+@dataclass
+class FeedbackData:
+    pointwise: list[Pointwise] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
+    prompts: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
+    waiting: int = 0  # feedback whose interaction has not arrived (yet)
+    dropped: int = 0  # ...and never did, within max_wait_s
+    capped: int = 0  # examples left out by the per-user cap
+    newest_event_at: datetime | None = None
+
+
+def _prompt(interaction: InteractionEvent) -> tuple[tuple[str, str], ...]:
+    return tuple((m["role"], m["content"]) for m in interaction.messages)
+
+
+def _cap(examples: list, max_per_user: int, data: FeedbackData) -> list:
+    """Keep each user's newest `max_per_user` (examples arrive oldest first)."""
+    by_user: dict[str | None, list] = defaultdict(list)
+    for example in examples:
+        by_user[example.user_id].append(example)
+    kept = []
+    for user, items in by_user.items():
+        keep = items if user is None else items[-max_per_user:]
+        data.capped += len(items) - len(keep)
+        kept.extend(keep)
+    return kept
+
+
+def build(store: EventStore, *, max_per_user: int, max_wait_s: float, now: datetime | None = None) -> FeedbackData:
+    now = now or datetime.now(timezone.utc)
+    interactions: dict[str, InteractionEvent] = {}
+    feedback: list[ThumbEvent | PairwiseEvent] = []
+    data = FeedbackData()
+    for (payload,) in store.db.execute("SELECT payload FROM events ORDER BY occurred_at"):
+        event = parse_event(payload.encode())
+        if isinstance(event, InteractionEvent):
+            interactions[event.response_id] = event
+        else:
+            feedback.append(event)
+        data.newest_event_at = event.occurred_at
+    horizon = now - timedelta(seconds=max_wait_s)
+
+    def joined(response_id: str, event) -> InteractionEvent | None:
+        found = interactions.get(response_id)
+        if found is None:
+            if event.occurred_at < horizon:
+                data.dropped += 1
+            else:
+                data.waiting += 1
+        return found
+
+    pointwise: list[Pointwise] = []
+    by_prompt: dict[tuple, dict[str, list[Pointwise]]] = defaultdict(lambda: {"up": [], "down": []})
+    for thumb in latest_thumbs(feedback):
+        interaction = joined(thumb.response_id, thumb)
+        if interaction is None:
+            continue
+        example = Pointwise(_prompt(interaction), interaction.response, 1.0 if thumb.rating == "up" else 0.0, thumb.user_id)
+        pointwise.append(example)
+        by_prompt[example.prompt][thumb.rating].append(example)
+    pairs: list[Pair] = []
+    for event in feedback:
+        if isinstance(event, PairwiseEvent) and event.choice in ("a", "b"):
+            a, b = joined(event.response_id_a, event), joined(event.response_id_b, event)
+            if a is None or b is None:
+                continue
+            chosen, rejected = (a, b) if event.choice == "a" else (b, a)
+            pairs.append(Pair(_prompt(a), chosen.response, rejected.response, event.user_id))
+    for prompt, sides in by_prompt.items():  # thumbs up and down on one prompt: a pair too
+        for up in sides["up"]:
+            for down in sides["down"]:
+                pairs.append(Pair(prompt, up.response, down.response, up.user_id))
+    data.pointwise = _cap(pointwise, max_per_user, data)
+    data.pairs = _cap(pairs, max_per_user, data)
+    data.prompts = sorted({_prompt(i) for i in interactions.values()})
+    return data
+
+
+def as_messages(prompt: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in prompt]
+
+
+def load_prompt_file(path) -> list[tuple[tuple[str, str], ...]]:
+    """A JSON Lines file of {"prompt": "..."} or {"messages": [...]} rows."""
+    prompts = []
+    with open(path) as lines:
+        for line in lines:
+            if line.strip():
+                row = json.loads(line)
+                messages = row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
+                prompts.append(tuple((m["role"], m["content"]) for m in messages))
+    return prompts

@@ -1,0 +1,216 @@
+"""The reward model: the base model with a LoRA and a scalar head, refreshed from feedback.
+
+Loss (per batch): Bradley-Terry on preference pairs, -log sigmoid(r_chosen - r_rejected)
+(Bradley & Terry 1952; Ouyang et al. 2022, https://arxiv.org/abs/2203.02155 eq. 1), plus
+`pointwise_weight` x binary cross-entropy of sigmoid(r) against thumbs (up = 1, down = 0). Pairs
+carry the stronger signal (a direct comparison); thumbs are plentiful but noisy and calibrated
+differently per user, hence the smaller default weight. Hand-written rather than TRL's
+RewardTrainer because one loss mixes both kinds of feedback with per-example weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import structlog
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+
+from learner.dataset import FeedbackData, Pair, Pointwise, as_messages
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RewardConfig:
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank of the reward model."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / rank)."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
+    epochs: int = field(default=2, metadata={"help": "Passes over the training data per refresh."})
+    batch_size: int = field(default=8, metadata={"help": "Pairs (and thumbs) per optimizer step."})
+    max_length: int = field(default=256, metadata={"help": "Tokens kept per prompt + response (left-truncated)."})
+    pointwise_weight: float = field(default=0.5, metadata={"help": "Weight of the thumbs (BCE) loss next to Bradley-Terry."})
+    heldout_fraction: float = field(default=0.2, metadata={"help": "Share of examples held out for accuracy (by hash)."})
+    replay_fraction: float = field(default=0.5, metadata={"help": "Share of older examples replayed in a refresh."})
+    seed: int = field(default=0, metadata={"help": "Seed for shuffling and initialisation."})
+
+
+def heldout(example: Pair | Pointwise, fraction: float) -> bool:
+    """Stable train/held-out split by content hash: an example never changes side between refreshes."""
+    digest = hashlib.sha256(repr(example).encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+class RewardModel:
+    """A scorer: text of (prompt, response) -> scalar. Wraps a PEFT sequence-classification model."""
+
+    def __init__(self, model, tokenizer, max_length: int) -> None:
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+
+    @classmethod
+    def create(cls, base_model: Path, config: RewardConfig, warm_start: Path | None = None) -> RewardModel:
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.manual_seed(config.seed)
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+        base = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.float32)
+        base.config.pad_token_id = tokenizer.pad_token_id
+        if warm_start is not None:
+            model = PeftModel.from_pretrained(base, warm_start, is_trainable=True)
+        else:
+            model = get_peft_model(base, LoraConfig(
+                task_type="SEQ_CLS", r=config.lora_rank, lora_alpha=config.lora_alpha,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            ))
+        return cls(model, tokenizer, config.max_length)
+
+    def texts(self, prompts, responses) -> list[str]:
+        return [
+            self.tokenizer.apply_chat_template(as_messages(p) + [{"role": "assistant", "content": r}], tokenize=False)
+            for p, r in zip(prompts, responses)
+        ]
+
+    def score_texts(self, texts: list[str]) -> torch.Tensor:
+        """(N,) scores; differentiable when grad is enabled."""
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+        return self.model(**batch).logits[:, 0]
+
+    @torch.no_grad()
+    def score(self, prompts, responses, batch_size: int = 16) -> torch.Tensor:
+        self.model.eval()
+        texts = self.texts(prompts, responses)
+        return torch.cat([self.score_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+
+def accuracy(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise]) -> dict[str, float | None]:
+    """Pairs: share where chosen scores above rejected. Thumbs: share where sign(score) matches."""
+    result: dict[str, float | None] = {"pair_accuracy": None, "thumb_accuracy": None}
+    if pairs:
+        chosen = model.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+        rejected = model.score([p.prompt for p in pairs], [p.rejected for p in pairs])
+        result["pair_accuracy"] = (chosen > rejected).float().mean().item()
+    if pointwise:
+        scores = model.score([t.prompt for t in pointwise], [t.response for t in pointwise])
+        labels = torch.tensor([t.label for t in pointwise])
+        result["thumb_accuracy"] = ((scores > 0).float() == labels).float().mean().item()
+    return result
+
+
+def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], config: RewardConfig) -> list[dict]:
+    """Optimise the mixed loss; returns one metrics row per step (`loss/bt`, `loss/pointwise`)."""
+    rng = random.Random(config.seed)
+    optimizer = torch.optim.AdamW([p for p in model.model.parameters() if p.requires_grad], lr=config.learning_rate)
+    steps_per_epoch = max(1, -(-max(len(pairs), len(pointwise)) // config.batch_size))
+    history = []
+    model.model.train()
+    with Progress(transient=True) as progress:
+        bar = progress.add_task("reward model", total=config.epochs * steps_per_epoch)
+        for _ in range(config.epochs):
+            pairs_order, thumbs_order = rng.sample(pairs, len(pairs)), rng.sample(pointwise, len(pointwise))
+            for step in range(steps_per_epoch):
+                pair_batch = pairs_order[step * config.batch_size : (step + 1) * config.batch_size]
+                thumb_batch = thumbs_order[step * config.batch_size : (step + 1) * config.batch_size]
+                loss, row = torch.zeros(()), {}
+                if pair_batch:
+                    texts = model.texts([p.prompt for p in pair_batch] * 2,
+                                        [p.chosen for p in pair_batch] + [p.rejected for p in pair_batch])
+                    chosen, rejected = model.score_texts(texts).chunk(2)  # (b,), (b,)
+                    bt = -F.logsigmoid(chosen - rejected).mean()
+                    loss = loss + bt
+                    row["loss/bt"] = bt.item()
+                if thumb_batch:
+                    scores = model.score_texts(model.texts([t.prompt for t in thumb_batch], [t.response for t in thumb_batch]))
+                    labels = torch.tensor([t.label for t in thumb_batch])
+                    pointwise_loss = F.binary_cross_entropy_with_logits(scores, labels)
+                    loss = loss + config.pointwise_weight * pointwise_loss
+                    row["loss/pointwise"] = pointwise_loss.item()
+                if not row:
+                    continue
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                history.append(row)
+                progress.advance(bar)
+    model.model.eval()
+    return history
+
+
+@dataclass
+class RefreshReport:
+    version: str | None
+    replaced: bool
+    heldout: dict[str, float | None]
+    previous_heldout: dict[str, float | None] | None
+    train_pairs: int
+    train_thumbs: int
+    steps: int
+
+
+def _better_or_equal(new: dict, old: dict | None) -> bool:
+    if old is None:
+        return True
+    keys = [k for k in ("pair_accuracy", "thumb_accuracy") if new[k] is not None and old[k] is not None]
+    return all(new[k] >= old[k] - 1e-9 for k in keys)
+
+
+def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConfig,
+            seen_before: set[str] | None = None) -> RefreshReport:
+    """Train a new reward-model version warm-started from the current one; keep it only if it is
+    not worse on held-out data than the current one (both measured on the same held-out set)."""
+    root.mkdir(parents=True, exist_ok=True)
+    current = _current(root)
+    train_pairs = [p for p in data.pairs if not heldout(p, config.heldout_fraction)]
+    train_thumbs = [t for t in data.pointwise if not heldout(t, config.heldout_fraction)]
+    test_pairs = [p for p in data.pairs if heldout(p, config.heldout_fraction)]
+    test_thumbs = [t for t in data.pointwise if heldout(t, config.heldout_fraction)]
+    if seen_before:  # new data in full, a sample of what earlier refreshes already trained on
+        rng = random.Random(config.seed)
+        keep = lambda e: repr(e) not in seen_before or rng.random() < config.replay_fraction  # noqa: E731
+        train_pairs, train_thumbs = [p for p in train_pairs if keep(p)], [t for t in train_thumbs if keep(t)]
+    previous = None
+    if current is not None:
+        previous = accuracy(RewardModel.create(base_model, config, warm_start=root / current), test_pairs, test_thumbs)
+    model = RewardModel.create(base_model, config, warm_start=root / current if current else None)
+    history = train(model, train_pairs, train_thumbs, config)
+    scores = accuracy(model, test_pairs, test_thumbs)
+    if not _better_or_equal(scores, previous):
+        log.warning("reward_model.kept_previous", version=current, new=scores, previous=previous)
+        return RefreshReport(current, False, scores, previous, len(train_pairs), len(train_thumbs), len(history))
+    version = f"rm-{len([p for p in root.iterdir() if p.name.startswith('rm-')]) + 1:04d}"
+    staging = root / f".{version}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save(staging)
+    (staging / "report.json").write_text(json.dumps({
+        "version": version, "parent": current, "created_at": datetime.now(timezone.utc).isoformat(),
+        "heldout": scores, "previous_heldout": previous, "config": asdict(config),
+        "train_pairs": len(train_pairs), "train_thumbs": len(train_thumbs), "history": history,
+    }))
+    staging.rename(root / version)
+    (root / ".current.tmp").write_text(version)
+    (root / ".current.tmp").rename(root / "CURRENT")
+    log.info("reward_model.refreshed", version=version, heldout=scores, previous=previous)
+    return RefreshReport(version, True, scores, previous, len(train_pairs), len(train_thumbs), len(history))
+
+
+def _current(root: Path) -> str | None:
+    marker = root / "CURRENT"
+    return marker.read_text().strip() if marker.exists() else None
+
+
+def load_current(base_model: Path, root: Path, config: RewardConfig) -> tuple[RewardModel, str] | None:
+    current = _current(root)
+    if current is None:
+        return None
+    return RewardModel.create(base_model, config, warm_start=root / current), current
