@@ -7,17 +7,24 @@ the schedule build on it.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import threading
+import time
 
 import structlog
 from prometheus_client import start_http_server
 
 from feedback.logs import configure_logging
+from learner.cycle import due
 from learner.ingest import EventStore, ingest_once, make_consumer
 from learner.settings import LearnerSettings
 
 log = structlog.get_logger("learner")
+
+
+def _feedback_count(store: EventStore) -> int:
+    return store.count("thumb") + store.count("pairwise")
 
 
 def main() -> int:
@@ -31,10 +38,23 @@ def main() -> int:
     store = EventStore(settings.dataset_path)
     consumer = make_consumer(settings)
     log.info("learner.started", dataset=str(settings.dataset_path), stored=store.count(), group=settings.consumer_group)
+    feedback_at_last_cycle, last_cycle_at = _feedback_count(store), time.monotonic()
+    cycle: subprocess.Popen | None = None
     try:
         while not stop.is_set():
             ingest_once(consumer, store, settings.ingest_poll_ms)
+            if cycle is not None and cycle.poll() is not None:
+                log.info("cycle.finished", returncode=cycle.returncode)
+                cycle = None
+            new_feedback = _feedback_count(store) - feedback_at_last_cycle
+            if cycle is None and due(new_feedback, time.monotonic() - last_cycle_at, settings):
+                # a cycle runs in its own process: ingest (and the consumer group heartbeat) go on meanwhile
+                cycle = subprocess.Popen([sys.executable, "-m", "learner.cycle"])
+                feedback_at_last_cycle, last_cycle_at = feedback_at_last_cycle + new_feedback, time.monotonic()
+                log.info("cycle.started", new_feedback=new_feedback, pid=cycle.pid)
     finally:
+        if cycle is not None and cycle.poll() is None:
+            cycle.terminate()
         consumer.close()
         store.close()
         log.info("learner.stopped")

@@ -85,3 +85,21 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     log.info("cycle.published", candidate=candidate, parent=parent, reward_model=rm_version)
     return CycleReport(candidate, "published", rm_version, rm_report.heldout, len(history),
                        history[-1]["objective/scores"], history[-1]["objective/kl"], time.perf_counter() - started)
+
+
+def due(new_feedback: int, seconds_since_last: float, settings: LearnerSettings) -> bool:
+    """The schedule: enough new ratings, or enough time with at least one new rating."""
+    return new_feedback >= settings.min_new_feedback or (
+        new_feedback > 0 and seconds_since_last >= settings.max_interval_s
+    )
+
+
+if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with default hyperparameters (vLLM spawns)
+    import dataclasses
+    import sys
+
+    from feedback.logs import configure_logging
+
+    configure_logging("learner-cycle")
+    print(json.dumps(dataclasses.asdict(run_cycle(LearnerSettings(), PPOConfig(), RewardConfig()))))
+    sys.exit(0)

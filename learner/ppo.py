@@ -53,7 +53,7 @@ class PPOConfig:
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
     reference: Literal["base", "incumbent"] = field(default="base", metadata={"help": "KL reference: base model or incumbent adapter."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
-    rollout_memory_share: float = field(default=0.08, metadata={"help": "Share of memory for the rollout engine's KV cache."})
+    rollout_memory_share: float = field(default=0.15, metadata={"help": "Share of memory for the rollout engine's KV cache."})
     checkpoint_every: int = field(default=5, metadata={"help": "Steps between resumable checkpoints."})
     seed: int = field(default=0, metadata={"help": "Seed."})
 

@@ -53,6 +53,7 @@ class RewardModel:
 
     def __init__(self, model, tokenizer, max_length: int) -> None:
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.forward = model  # the DDP wrapper while training under torchrun
 
     @classmethod
     def create(cls, base_model: Path, config: RewardConfig, warm_start: Path | None = None) -> RewardModel:
@@ -82,7 +83,7 @@ class RewardModel:
     def score_texts(self, texts: list[str]) -> torch.Tensor:
         """(N,) scores; differentiable when grad is enabled."""
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
-        return self.model(**batch).logits[:, 0]
+        return self.forward(**batch).logits[:, 0]
 
     @torch.no_grad()
     def score(self, prompts, responses, batch_size: int = 16) -> torch.Tensor:
@@ -109,7 +110,17 @@ def accuracy(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise]) 
 
 
 def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], config: RewardConfig) -> list[dict]:
-    """Optimise the mixed loss; returns one metrics row per step (`loss/bt`, `loss/pointwise`)."""
+    """Optimise the mixed loss; returns one metrics row per step (`loss/bt`, `loss/pointwise`).
+
+    Under torchrun (DDP, gloo on CPU, nccl on GPU) every rank sees the same global batches and
+    trains on its share of each; gradients are averaged, so the loss curve is the 1-process one.
+    """
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if distributed:
+        model.forward = torch.nn.parallel.DistributedDataParallel(model.model)
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW([p for p in model.model.parameters() if p.requires_grad], lr=config.learning_rate)
     steps_per_epoch = max(1, -(-max(len(pairs), len(pointwise)) // config.batch_size))
@@ -120,8 +131,8 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
         for _ in range(config.epochs):
             pairs_order, thumbs_order = rng.sample(pairs, len(pairs)), rng.sample(pointwise, len(pointwise))
             for step in range(steps_per_epoch):
-                pair_batch = pairs_order[step * config.batch_size : (step + 1) * config.batch_size]
-                thumb_batch = thumbs_order[step * config.batch_size : (step + 1) * config.batch_size]
+                pair_batch = pairs_order[step * config.batch_size : (step + 1) * config.batch_size][rank::world]
+                thumb_batch = thumbs_order[step * config.batch_size : (step + 1) * config.batch_size][rank::world]
                 loss, row = torch.zeros(()), {}
                 if pair_batch:
                     texts = model.texts([p.prompt for p in pair_batch] * 2,
@@ -141,9 +152,14 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                if distributed:  # log the global mean, as one process would have seen it
+                    values = torch.tensor([row.get("loss/bt", 0.0), row.get("loss/pointwise", 0.0)])
+                    dist.all_reduce(values)
+                    row = {k: values[i].item() / world for i, k in enumerate(("loss/bt", "loss/pointwise")) if k in row}
                 history.append(row)
                 progress.advance(bar)
     model.model.eval()
+    model.forward = model.model
     return history
 
 

@@ -154,7 +154,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from learner.ppo import PPOConfig
     from learner.reward_model import RewardConfig
     from learner.settings import LearnerSettings
-    from rlhf_loop.config import dataclass_from_arguments
+    from learner.cli_args import dataclass_from_arguments
 
     settings = _load(LearnerSettings)
     configure_logging("learner")
@@ -195,7 +195,7 @@ def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
     if learn_flags:  # importing the training code pulls in torch: only when `learn` is the command
         from learner.ppo import PPOConfig
         from learner.reward_model import RewardConfig
-        from rlhf_loop.config import add_dataclass_arguments
+        from learner.cli_args import add_dataclass_arguments
 
         add_dataclass_arguments(learn, PPOConfig, "ppo")
         add_dataclass_arguments(learn, RewardConfig, "rm")

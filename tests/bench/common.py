@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 from rich.progress import Progress
 
+from tests.conftest import wait_for
+
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
@@ -78,17 +80,7 @@ class Server:
         self.process = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, url: str, timeout_s: float = 600) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode} before {url} answered")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(url)
+        wait_for(url, self.process, timeout_s)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -1,0 +1,10 @@
+from learner.cycle import due
+from learner.settings import LearnerSettings
+
+
+def test_a_cycle_is_due_on_enough_feedback_or_enough_time_with_some_feedback() -> None:
+    settings = LearnerSettings(min_new_feedback=50, max_interval_s=3600)
+    assert due(50, 0, settings)
+    assert not due(49, 3599, settings)
+    assert due(1, 3600, settings)
+    assert not due(0, 10 * 3600, settings)  # nothing new: nothing to learn from
