@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 
 
 async def _engine_task(app: FastAPI, settings: ServingSettings, stop: asyncio.Event) -> None:
+    # let uvicorn finish its start-up first: building vLLM's engine client blocks the loop while
+    # the engine core starts (tens of seconds on CPU); /healthz answers before and after that
+    await asyncio.sleep(0.5)
     async with AsyncExitStack() as stack:
         try:
             async with asyncio.timeout(settings.engine_start_timeout_s):

@@ -17,7 +17,7 @@ from feedback.settings import RuntimeSettings
 from feedback.topics import ensure_topics
 from serving.settings import ServingSettings
 from serving.tokens import TokenSigner, prompt_hash
-from tests.conftest import ServingServer, free_port, read_topic, service_env, wait_for
+from tests.conftest import ServingServer, free_port, read_topic, service_env
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_every_accepted_event_survives_outage_fresh_broker_and_sigkill(prepared_
     server = ServingServer(env, port, tmp_path / "serving-1.log")
     accepted: dict[int, str] = {}
     try:
-        wait_for(f"{server.base_url}/healthz", server.process, timeout_s=120)  # feedback needs no engine
+        server.wait_ready()  # the engine start blocks the server's loop for a while: measure after it
         # 1. broker up
         asyncio.run(send(server.base_url, signer, range(0, 250), accepted))
         # 2. broker down: accepted into the outbox only
@@ -79,7 +79,7 @@ def test_every_accepted_event_survives_outage_fresh_broker_and_sigkill(prepared_
         assert killed and server.process.returncode == -signal.SIGKILL
         # 4. the server comes back on the same outbox and takes the rest
         server = ServingServer(env, port, tmp_path / "serving-2.log")
-        wait_for(f"{server.base_url}/healthz", server.process, timeout_s=120)
+        server.wait_ready()
         asyncio.run(send(server.base_url, signer, range(750, TOTAL), accepted))
 
         assert 600 <= len(accepted) < TOTAL  # some requests died with the first server

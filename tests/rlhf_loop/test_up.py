@@ -52,7 +52,7 @@ def test_up_serves_accepts_produce_restarts_and_stops_cleanly(prepared_model: Pa
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(f"http://127.0.0.1:{port}/healthz", up, timeout_s=120)
+        wait_for(f"http://127.0.0.1:{port}/healthz", up, timeout_s=300)
         producer = KafkaProducer(bootstrap_servers=[f"127.0.0.1:{broker_port}"], acks="all")
         metadata = producer.send("rlhf.feedback", b"hello").get(timeout=30)  # the topic was created by `up`
         producer.close()
