@@ -45,6 +45,8 @@ def test_up_serves_accepts_produce_restarts_and_stops_cleanly(prepared_model: Pa
     env = {
         **os.environ, "RLHF_HOME": str(tmp_path), "RLHF_MODEL": str(prepared_model),
         "RLHF_BROKER_PORT": str(broker_port), "RLHF_LEARNER_METRICS_PORT": str(free_port()),
+        # the session's serving engine is still up beside this one: reserve less memory for KV
+        "RLHF_GPU_MEMORY_UTILIZATION": "0.1",
     }
     env.pop("RLHF_KAFKA_BOOTSTRAP_SERVERS", None)
     up = subprocess.Popen(
