@@ -38,7 +38,22 @@ test: install
 	$(BIN)/python -m pytest
 
 # Each benchmark runs its peer in the same run on this machine and writes bench/results/<name>.json.
-bench: install
+BENCH_STAMP := $(VENV)/.installed-bench
+PEER_VENV := bench/.venv-trl112
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -e ".[dev,bench]"
+	touch $@
+
+# TRL 1.12.0 is the last release with PPOTrainer; it needs its own transformers, so its own venv.
+$(PEER_VENV)/.installed: requirements/trl-1.12.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --upgrade "pip>=24"
+	$(PEER_VENV)/bin/pip install "torch==2.13.0+cpu" $(TORCH_INDEX)
+	$(PEER_VENV)/bin/pip install -r requirements/trl-1.12.txt $(TORCH_INDEX)
+	touch $@
+
+bench: install $(BENCH_STAMP) $(PEER_VENV)/.installed
 	$(BIN)/python -m tests.bench.serving
 	$(BIN)/python -m tests.bench.feedback
 
