@@ -41,6 +41,10 @@ class ServingSettings(RuntimeSettings):
             "RLHF_HOME/secrets/feedback-token.key."
         ),
     )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Operator bearer token of the admin API (/admin/v1). Unset: the admin API refuses every call.",
+    )
     feedback_token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long a feedback token stays valid.")
     redact: bool = Field(default=True, description="Mask e-mail addresses, phone numbers and keys in logged text.")
     allow_adapter_pinning: bool = Field(
