@@ -35,8 +35,12 @@ class RuntimeSettings(BaseSettings):
             "prepared under RLHF_HOME/models by `rlhf-loop model prepare`."
         ),
     )
-    registry: Path | None = Field(
-        default=None, description="Adapter registry directory shared by learner and serving. Unset: RLHF_HOME/registry."
+    registry: str | None = Field(
+        default=None,
+        description=(
+            "Adapter registry shared by learner and serving: a directory or an fsspec URL (s3://bucket/registry). "
+            "Unset: RLHF_HOME/registry."
+        ),
     )
     kafka_bootstrap_servers: str = Field(
         default="",
@@ -70,8 +74,8 @@ class RuntimeSettings(BaseSettings):
         return self.model or self.home / "models" / BUNDLED_MODEL_NAME
 
     @property
-    def registry_dir(self) -> Path:
-        return self.registry or self.home / "registry"
+    def registry_url(self) -> str:
+        return self.registry or str(self.home / "registry")
 
     @property
     def embedded_broker(self) -> bool:

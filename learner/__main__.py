@@ -1,7 +1,7 @@
 """`python -m learner`: the learner on its own, as in its own container.
 
-Today it keeps the durable copy of the stream that training reads; the reward model, PPO and
-the schedule build on it.
+It keeps the durable copy of the stream that training reads, starts a training cycle (in its own
+process) when the schedule says so, and applies the promotion policy to the running canary.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import structlog
 from prometheus_client import start_http_server
 
 from feedback.logs import configure_logging
+from learner import promotion
 from learner.cycle import due
 from learner.ingest import EventStore, ingest_once, make_consumer
+from learner.registry import Registry, RegistryError
 from learner.settings import LearnerSettings
 
 log = structlog.get_logger("learner")
@@ -34,11 +36,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if settings.learner_metrics_port:
-        start_http_server(settings.learner_metrics_port, addr="127.0.0.1")
+        start_http_server(settings.learner_metrics_port, addr=settings.learner_metrics_host)
     store = EventStore(settings.dataset_path)
     consumer = make_consumer(settings)
     log.info("learner.started", dataset=str(settings.dataset_path), stored=store.count(), group=settings.consumer_group)
+    registry = Registry(settings.registry_url, settings.home / "cache" / "registry")
     feedback_at_last_cycle, last_cycle_at = _feedback_count(store), time.monotonic()
+    last_promotion_check = time.monotonic()
     cycle: subprocess.Popen | None = None
     try:
         while not stop.is_set():
@@ -52,6 +56,15 @@ def main() -> int:
                 cycle = subprocess.Popen([sys.executable, "-m", "learner.cycle"])
                 feedback_at_last_cycle, last_cycle_at = feedback_at_last_cycle + new_feedback, time.monotonic()
                 log.info("cycle.started", new_feedback=new_feedback, pid=cycle.pid)
+            if time.monotonic() - last_promotion_check >= settings.promotion_check_s:
+                last_promotion_check = time.monotonic()
+                canary = registry.read_pointer().canary
+                try:
+                    if canary is not None:
+                        since = promotion.canary_started_at(registry, canary)
+                        promotion.check(registry, store.events(("thumb", "pairwise"), since), settings)
+                except RegistryError as error:  # an operator moved the pointer meanwhile: decide again next time
+                    log.warning("canary.check_refused", error=str(error))
     finally:
         if cycle is not None and cycle.poll() is None:
             cycle.terminate()

@@ -1,6 +1,6 @@
-"""One training cycle: stored feedback -> reward-model refresh -> PPO -> candidate in the registry.
-
-The candidate is only published; gates decide whether it may serve (see the gates issue).
+"""One training cycle: stored feedback -> reward-model refresh -> PPO -> gates -> candidate in the
+registry; a candidate that passed its gates starts as canary (RLHF_CANARY_SHARE), and the
+promotion policy (learner/promotion.py) decides on live feedback whether it becomes active.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 
 from learner import dataset
+from learner.gates import run_gates
 from learner.ingest import EventStore
 from learner.ppo import PPOConfig, PPOTrainer, write_history
 from learner.registry import Registry
@@ -33,6 +34,9 @@ class CycleReport:
     ppo_steps: int = 0
     final_scores: float | None = None
     final_kl: float | None = None
+    gates_passed: bool | None = None
+    failed_gates: list[str] | None = None
+    canary: bool = False
     seconds: float = 0.0
 
 
@@ -58,7 +62,7 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
         return CycleReport(None, "no reward model passed its held-out check", seconds=time.perf_counter() - started)
 
     # 2. PPO from the active adapter on logged prompts (plus the prompt file)
-    registry = Registry(settings.registry_dir)
+    registry = Registry(settings.registry_url, settings.home / "cache" / "registry")
     parent = registry.read_pointer().active
     prompts = list(data.prompts)
     if settings.prompt_file is not None:
@@ -71,20 +75,32 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
                          warm_start=registry.version_path(parent) if parent else None, rollouts=rollouts)
     history = trainer.train(prompts)
     write_history(run_dir / "ppo_history.jsonl", history)
-
-    # 3. publish the candidate with its lineage
     adapter = trainer.save_adapter(run_dir / "candidate")
+    rollouts = trainer.rollouts
+    del trainer  # free the policy before the gates load their own copy
+
+    # 3. gates, against the incumbent (the active adapter, or the base model)
+    gate_report = run_gates(settings.model_dir, adapter, registry.version_path(parent) if parent else None,
+                            lambda p, texts: scorer.score(p, texts), rollouts, settings)
+
+    # 4. publish the candidate with its lineage and gate report; if it passed, it starts as canary
     window = {"events_until": data.newest_event_at.isoformat() if data.newest_event_at else None,
               "feedback_events": feedback_count, "pairs": len(data.pairs), "thumbs": len(data.pointwise)}
     candidate = registry.publish(adapter, {
         "parent": parent, "data_window": window, "reward_model": rm_version,
         "reward_model_heldout": rm_report.heldout, "hyperparameters": {"ppo": asdict(ppo), "reward": asdict(reward)},
         "ppo_final": history[-1] if history else None, "run": str(run_dir),
-    })
-    (run_dir / "report.json").write_text(json.dumps({"candidate": candidate, "parent": parent, "reward_model": rm_version}))
-    log.info("cycle.published", candidate=candidate, parent=parent, reward_model=rm_version)
+    }, gate_report)
+    canary = gate_report["passed"] and settings.canary_share > 0 and registry.read_pointer().canary is None
+    if canary:
+        registry.canary(candidate, settings.canary_share, actor="learner", reason="passed its gates")
+    (run_dir / "report.json").write_text(json.dumps({"candidate": candidate, "parent": parent, "reward_model": rm_version,
+                                                     "gates_passed": gate_report["passed"], "canary": canary}))
+    log.info("cycle.published", candidate=candidate, parent=parent, reward_model=rm_version,
+             gates_passed=gate_report["passed"], failed_gates=gate_report["failed"], canary=canary)
     return CycleReport(candidate, "published", rm_version, rm_report.heldout, len(history),
-                       history[-1]["objective/scores"], history[-1]["objective/kl"], time.perf_counter() - started)
+                       history[-1]["objective/scores"], history[-1]["objective/kl"], gate_report["passed"],
+                       gate_report["failed"], canary, time.perf_counter() - started)
 
 
 def due(new_feedback: int, seconds_since_last: float, settings: LearnerSettings) -> bool:

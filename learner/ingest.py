@@ -10,6 +10,7 @@ is not guessed at: it is logged, counted and kept aside in `rejected`.
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
@@ -91,6 +92,15 @@ class EventStore:
         if event_type is None:
             return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM events WHERE event_type = ?", (event_type,)).fetchone()[0]
+
+    def events(self, kinds: tuple[str, ...], since: datetime | None = None) -> list:
+        """Stored events of these types, oldest first, from `since` on (all if None)."""
+        marks = ",".join("?" * len(kinds))
+        rows = self.db.execute(
+            f"SELECT payload FROM events WHERE event_type IN ({marks}) AND occurred_at >= ? ORDER BY occurred_at",
+            (*kinds, since.isoformat() if since else ""),
+        )
+        return [parse_event(payload.encode()) for (payload,) in rows]
 
     def close(self) -> None:
         self.db.close()

@@ -20,8 +20,10 @@ from typing import Callable, Literal
 
 import structlog
 import torch
+import torch.distributed as dist
 from rich.progress import Progress
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from learner import ppo_math as M
 from learner.dataset import as_messages
@@ -113,8 +115,31 @@ def collate(rollouts, prompts, pad_id: int) -> Batch:
     return Batch(ids, attention, start, mask, prompts, [r.text for r in rollouts])
 
 
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's shard along dim 0, in rank order (identity without DDP)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
+    shards = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(shards, tensor.contiguous())
+    return torch.cat(shards)
+
+
+def _mean_over_ranks(value: float) -> float:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
 class PPOTrainer:
-    """One PPO run: `train()` does `config.steps` steps, checkpointing to `run_dir`."""
+    """One PPO run: `train()` does `config.steps` steps, checkpointing to `run_dir`.
+
+    Under `torchrun` (DDP, gloo on CPU, nccl on GPU) rank 0 owns the vLLM engine and broadcasts
+    the rollouts; each rank scores and evaluates its contiguous shard of the batch, the shards are
+    gathered so that advantages are whitened over the whole batch, and every minibatch is split
+    across ranks with gradients averaged by DDP. Rank 0 alone writes checkpoints and adapters.
+    """
 
     def __init__(self, base_model: Path, run_dir: Path, config: PPOConfig,
                  score: Callable[[list, list[str]], torch.Tensor], *, warm_start: Path | None = None,
@@ -122,7 +147,11 @@ class PPOTrainer:
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial LoRA and value head on every rank
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if config.batch_size % self.world or config.minibatch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} and minibatch_size {config.minibatch_size} "
+                             f"must divide by the {self.world} processes")
         self.config, self.run_dir, self.score = config, run_dir, score
         self.base_model = base_model
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -135,6 +164,7 @@ class PPOTrainer:
             lm = get_peft_model(base, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
         self.policy = PolicyWithValue(lm)
+        self.ddp = DistributedDataParallel(self.policy) if self.world > 1 else self.policy
         self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=config.learning_rate)
         self.kl = M.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         self.step = 0
@@ -160,6 +190,8 @@ class PPOTrainer:
         log.info("ppo.resumed", step=self.step, run_dir=str(self.run_dir))
 
     def _checkpoint(self) -> None:
+        if self.rank != 0:
+            return
         staging = self.run_dir / ".checkpoint.staging"
         shutil.rmtree(staging, ignore_errors=True)
         self.policy.lm.save_pretrained(staging / "adapter", selected_adapters=["default"])
@@ -179,19 +211,22 @@ class PPOTrainer:
     # -- the loop -------------------------------------------------------------------------------------
     def train(self, prompts: list) -> list[dict]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.rollouts is None:
+        if self.rollouts is None and self.rank == 0:
             self.rollouts = VLLMRollouts(self.base_model, max_model_len=1024, lora_rank=self.config.lora_rank,
                                          memory_share=self.config.rollout_memory_share, seed=self.config.seed)
         rng = random.Random(self.config.seed + self.step)
-        with Progress() as progress:
+        with Progress(disable=self.rank != 0) as progress:
             bar = progress.add_task("PPO", total=self.config.steps, completed=self.step)
             while self.step < self.config.steps:
                 row = self.train_step(rng.sample(prompts, min(self.config.batch_size, len(prompts))))
                 self.history.append(row)
-                self.log_step(row)
+                if self.rank == 0:
+                    self.log_step(row)
                 log.info("ppo.step", **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self._checkpoint()
+                    if self.world > 1:
+                        dist.barrier()
                 progress.update(bar, completed=self.step,
                                 description=f"PPO reward {row['objective/scores']:.3f} kl {row['objective/kl']:.3f}")
         return self.history
@@ -200,25 +235,35 @@ class PPOTrainer:
         c = self.config
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        # 1. rollouts from vLLM with the current adapter, under a fresh name and id
-        adapter = self.save_adapter(self.run_dir / "rollout-adapters" / f"step-{self.step:05d}")
-        generated = self.rollouts.generate([as_messages(p) for p in prompts], adapter=adapter, adapter_id=self.step + 1,
-                                           max_tokens=c.max_new_tokens, temperature=c.temperature,
-                                           seed=c.seed * 100_003 + self.step)
-        shutil.rmtree(self.run_dir / "rollout-adapters" / f"step-{self.step - 1:05d}", ignore_errors=True)
-        batch = collate(generated, prompts, self.tokenizer.pad_token_id)
+        # 1. rollouts from vLLM with the current adapter, under a fresh name and id (rank 0 generates)
+        generated = [None]
+        if self.rank == 0:
+            adapter = self.save_adapter(self.run_dir / "rollout-adapters" / f"step-{self.step:05d}")
+            generated[0] = self.rollouts.generate(
+                [as_messages(p) for p in prompts], adapter=adapter, adapter_id=self.step + 1,
+                max_tokens=c.max_new_tokens, temperature=c.temperature, seed=c.seed * 100_003 + self.step)
+            shutil.rmtree(self.run_dir / "rollout-adapters" / f"step-{self.step - 1:05d}", ignore_errors=True)
+        if self.world > 1:
+            dist.broadcast_object_list(generated, src=0)
+        batch = collate(generated[0], prompts, self.tokenizer.pad_token_id)
         T = batch.mask.shape[1]
         timings["time/rollout_s"] = time.perf_counter() - started
 
-        # 2. old log-probs and values (policy), reference log-probs (adapter off, or incumbent)
+        # 2. old log-probs and values (policy), reference log-probs (adapter off, or incumbent), on this
+        # rank's shard of the batch; 3. score the shard with the reward model; then gather all shards
         t = time.perf_counter()
+        share = len(prompts) // self.world
+        mine = torch.arange(self.rank * share, (self.rank + 1) * share)
+        shard = Batch(batch.input_ids[mine], batch.attention_mask[mine], batch.start[mine], batch.mask[mine],
+                      [prompts[i] for i in mine], [batch.texts[i] for i in mine])
         with torch.no_grad():
-            logits, values = self.policy(batch.input_ids, batch.attention_mask)
-            old_logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, T)
-            old_values = torch.gather(values, 1, (batch.start[:, None] + torch.arange(T)[None, :] - 1).clamp(min=0))
-            ref_logprobs = self._reference_logprobs(batch, T)
-        # 3. score with the reward model
-        scores = self.score(prompts, batch.texts).detach().float()  # (B,)
+            logits, values = self.policy(shard.input_ids, shard.attention_mask)
+            old_logprobs, _ = response_logprobs(logits, shard.input_ids, shard.start, T)
+            old_values = torch.gather(values, 1, (shard.start[:, None] + torch.arange(T)[None, :] - 1).clamp(min=0))
+            ref_logprobs = self._reference_logprobs(shard, T)
+            del logits, values
+        scores = self.score(shard.prompts, shard.texts).detach().float()  # (B / world,)
+        old_logprobs, old_values, ref_logprobs, scores = map(_gather, (old_logprobs, old_values, ref_logprobs, scores))
         timings["time/scoring_s"] = time.perf_counter() - t
 
         # 4. rewards: score on the last token, KL penalty on every token; GAE
@@ -230,13 +275,13 @@ class PPOTrainer:
         advantages, returns = M.gae(rewards, old_values, batch.mask, c.gamma, c.lam)
         advantages = M.masked_whiten(advantages, batch.mask) * batch.mask
 
-        # 5. clipped PPO updates over minibatches
+        # 5. clipped PPO updates over minibatches; each rank takes every world-th row of a minibatch
         stats: dict[str, list[float]] = {"policy": [], "value": [], "clip": [], "entropy": []}
-        order = torch.randperm(len(prompts))
+        order = torch.randperm(len(prompts))  # same seed on every rank: the same order
         for _ in range(c.ppo_epochs):
             for i in range(0, len(prompts), c.minibatch_size):
-                idx = order[i : i + c.minibatch_size]
-                logits, values = self.policy(batch.input_ids[idx], batch.attention_mask[idx])
+                idx = order[i : i + c.minibatch_size][self.rank :: self.world]
+                logits, values = self.ddp(batch.input_ids[idx], batch.attention_mask[idx])
                 logprobs, step_logits = response_logprobs(logits, batch.input_ids[idx], batch.start[idx], T)
                 new_values = torch.gather(values, 1, (batch.start[idx, None] + torch.arange(T)[None, :] - 1).clamp(min=0))
                 mask = batch.mask[idx]
@@ -258,7 +303,7 @@ class PPOTrainer:
         sequence_kl = (kl.sum(1)).mean().item()
         self.kl.update(sequence_kl, len(prompts))
         self.step += 1
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        mean = lambda xs: _mean_over_ranks(sum(xs) / len(xs))  # noqa: E731
         return {
             "step": self.step,
             "objective/scores": scores.mean().item(),

@@ -219,6 +219,10 @@ def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
         else:
             sub.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
+    from rlhf_loop.adapters import add_adapters_parser
+
+    add_adapters_parser(commands)
+
     config = commands.add_parser("config", help="print every setting with its env var and default")
     config.add_argument("--write-readme", type=Path, metavar="README", help="rewrite the table in this README")
     config.set_defaults(func=cmd_config)

@@ -24,6 +24,7 @@ from feedback.routes import router as feedback_router
 from feedback.service import FeedbackService
 from learner.registry import Registry
 from serving.adapters import AdapterRouter
+from serving.admin import install_admin
 from serving.chat import ChatService
 from serving.engine import running_engine
 from serving.errors import error_response, install_error_handlers
@@ -36,15 +37,12 @@ log = structlog.get_logger(__name__)
 
 
 async def _engine_task(app: FastAPI, settings: ServingSettings, stop: asyncio.Event) -> None:
-    # let uvicorn finish its start-up first: building vLLM's engine client blocks the loop while
-    # the engine core starts (tens of seconds on CPU); /healthz answers before and after that
-    await asyncio.sleep(0.5)
     async with AsyncExitStack() as stack:
         try:
             async with asyncio.timeout(settings.engine_start_timeout_s):
                 await stack.enter_async_context(running_engine(settings, app.state))
             router = AdapterRouter(
-                Registry(settings.registry_dir), app.state.openai_serving_models, app.state.engine_client,
+                app.state.registry, app.state.openai_serving_models, app.state.engine_client,
                 settings.served_model_name, allow_pinning=settings.allow_adapter_pinning, poll_s=settings.adapter_poll_s,
             )
             await router.apply(router.registry.read_pointer())  # serve the active adapter from the first request
@@ -93,10 +91,13 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.state.ready = False
     app.state.engine_failed = False
     app.state.token_signer = TokenSigner(settings.token_key(), settings.feedback_token_ttl_s)
+    app.state.registry = Registry(settings.registry_url, settings.home / "cache" / "registry")
+    app.state.admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     app.state.authenticated_user = (
         (lambda request: request.headers.get(settings.user_header)) if settings.user_header else (lambda request: None)
     )
     app.include_router(feedback_router)
+    install_admin(app)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
 

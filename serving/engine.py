@@ -42,12 +42,37 @@ def engine_args(settings: ServingSettings) -> Namespace:
 
 @asynccontextmanager
 async def running_engine(settings: ServingSettings, state: State) -> AsyncIterator[None]:
-    """Start the engine and put vLLM's handlers (`openai_serving_chat`, ...) on `state`."""
+    """Start the engine and put vLLM's handlers (`openai_serving_chat`, ...) on `state`.
+
+    As vLLM's `build_async_engine_client_from_engine_args`, except that the engine is built in a
+    worker thread: starting the engine core takes tens of seconds, and on the event loop it would
+    stall /healthz meanwhile. vLLM supports building `AsyncLLM` outside a loop (its output handler
+    starts with the first request).
+    """
+    import asyncio
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
 
     args = engine_args(settings)
-    async with build_async_engine_client(args) as engine_client:
+    options = AsyncEngineArgs.from_cli_args(args)
+
+    def build() -> tuple[AsyncLLM, float]:
+        config = options.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        client = AsyncLLM.from_vllm_config(
+            vllm_config=config, usage_context=UsageContext.OPENAI_API_SERVER,
+            enable_log_requests=options.enable_log_requests, aggregate_engine_logging=options.aggregate_engine_logging,
+            disable_log_stats=options.disable_log_stats,
+        )
+        return client, config.shutdown_timeout
+
+    engine_client, shutdown_timeout = await asyncio.to_thread(build)
+    try:
+        await engine_client.reset_mm_cache()
         supported_tasks = await engine_client.get_supported_tasks()
         await init_app_state(engine_client, state, args, supported_tasks)
         yield
+    finally:
+        engine_client.shutdown(timeout=shutdown_timeout)

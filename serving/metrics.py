@@ -40,3 +40,8 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             REQUESTS.labels(getattr(route, "path", "unmatched"), str(status["code"])).inc()
+
+ADMIN_ACTIONS = Counter(
+    "rlhf_admin_actions_total", "Admin API calls by action and outcome (done, refused, unauthenticated, forbidden).",
+    ["action", "outcome"],
+)

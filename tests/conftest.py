@@ -54,6 +54,9 @@ def wait_for(url: str, process: subprocess.Popen, timeout_s: float = 300.0) -> N
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s}s")
 
 
+ADMIN_TOKEN = "test-operator-token"
+
+
 class ServingServer:
     """`python -m serving` in a subprocess, like vLLM's RemoteOpenAIServer."""
 
@@ -67,8 +70,29 @@ class ServingServer:
             start_new_session=True,
         )
 
-    def wait_ready(self) -> None:
-        wait_for(f"{self.base_url}/readyz", self.process)
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Wait for /readyz, probing /healthz meanwhile as a Kubernetes liveness probe would (2 s
+        timeout): `live_probes` counts its answers before ready, `most_missed_in_a_row` its longest
+        run of misses after the first answer (Kubernetes restarts a pod at 3 by default)."""
+        self.live_probes = self.most_missed_in_a_row = missed = 0
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serving exited with {self.process.returncode}; see {self.log_path}")
+            alive, ready = self._probe("/healthz"), self._probe("/readyz")
+            self.live_probes += alive
+            missed = 0 if alive else missed + (self.live_probes > 0)
+            self.most_missed_in_a_row = max(self.most_missed_in_a_row, missed)
+            if alive and ready:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.base_url}/readyz not ready after {timeout_s}s")
+
+    def _probe(self, path: str) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}{path}", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -117,7 +141,8 @@ def serving(prepared_model: Path, broker: EmbeddedBroker, tmp_path_factory: pyte
     home = tmp_path_factory.mktemp("serving-home")
     port = free_port()
     ensure_topics(RuntimeSettings(kafka_bootstrap_servers=",".join(broker.bootstrap_servers)))
-    env = service_env(home, prepared_model, broker, RLHF_PORT=str(port), RLHF_USER_HEADER="X-Forwarded-User")
+    env = service_env(home, prepared_model, broker, RLHF_PORT=str(port), RLHF_USER_HEADER="X-Forwarded-User",
+                      RLHF_ADMIN_TOKEN=ADMIN_TOKEN)
     server = ServingServer(env, port, home / "serving.log")
     try:
         server.wait_ready()

@@ -41,3 +41,44 @@ def rule_reward_model(prepared_model: Path, tmp_path_factory: pytest.TempPathFac
     pairs, thumbs = synthetic(seed=0, count=120)
     root = tmp_path_factory.mktemp("reward-models")
     return root, refresh(prepared_model, root, FeedbackData(pointwise=thumbs, pairs=pairs), RULE_CONFIG), pairs
+
+
+@pytest.fixture(scope="session")
+def rollouts(prepared_model: Path):
+    """One vLLM rollout engine for the learner tests (PPO, gates), with LoRA, started once."""
+    from learner.rollout import VLLMRollouts
+
+    return VLLMRollouts(prepared_model, max_model_len=512, lora_rank=8, memory_share=0.1)
+
+
+def sft_adapter(model_dir: Path, out: Path, examples: list[tuple[str, str]], *, steps: int, learning_rate: float,
+                seed: int = 0) -> Path:
+    """A LoRA fine-tuned to give `examples`' answers (loss on answer tokens only): test candidates
+    with a known character (rude, repetitive, polite)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    rows = []
+    for prompt, answer in examples:
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                   tokenize=True)
+        prompt_ids = list(prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else prompt_ids)
+        answer_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        rows.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    attention = (torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in rows])[:, None]).long()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    for _ in range(steps):
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(out)
+    return out

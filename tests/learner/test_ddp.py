@@ -1,4 +1,5 @@
-"""Reward-model training under torchrun: 2 processes (DDP, gloo) give the 1-process loss curve."""
+"""Training under torchrun: 2 processes (DDP, gloo) give the 1-process loss curve (reward model) and
+the 1-process update (PPO)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,45 @@ def test_two_process_torchrun_matches_one_process(prepared_model: Path, tmp_path
     assert single[-1] < single[0] and double[-1] < double[0]  # both learn
     # same global batches, averaged gradients: the same curve up to float reduction order
     assert max(abs(a - b) for a, b in zip(single, double)) < 0.05, (single, double)
+
+
+PPO_FLAGS = ["--ppo.steps", "2", "--ppo.batch_size", "4", "--ppo.minibatch_size", "4", "--ppo.ppo_epochs", "1",
+             "--ppo.max_new_tokens", "16", "--ppo.learning_rate", "5e-4", "--ppo.rollout_memory_share", "0.05",
+             "--rm.max_length", "48"]
+
+
+def lora_b(run_dir: Path):
+    """The trained LoRA B matrices (zero at the start), flattened into one vector."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(run_dir / "candidate" / "adapter_model.safetensors")
+    return torch.cat([w.flatten() for name, w in sorted(weights.items()) if "lora_B" in name])
+
+
+def test_ppo_two_process_torchrun_matches_one_process(prepared_model: Path, rule_reward_model, tmp_path: Path) -> None:
+    import torch
+
+    root, _, _ = rule_reward_model
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"In one short sentence, what are {t}?"})
+                                 for t in ["owls", "tea", "maps", "bees", "jazz", "kites"]))
+    job = ["-m", "learner.train_ppo", "--model", str(prepared_model), "--reward-models", str(root),
+           "--prompts", str(prompts), *PPO_FLAGS]
+    curves = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"run-{processes}"
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                *job, "--run-dir", str(run_dir)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        curves[processes] = [json.loads(line) for line in (run_dir / "ppo_history.jsonl").read_text().splitlines()]
+    one, two = curves[1], curves[2]
+    assert [row["step"] for row in one] == [row["step"] for row in two] == [1, 2]
+    # step 1: the same rollouts (rank 0, same seed) and the same reward model: the same scores and KL
+    assert abs(one[0]["objective/scores"] - two[0]["objective/scores"]) < 1e-3, (one[0], two[0])
+    assert abs(one[0]["objective/kl"] - two[0]["objective/kl"]) < 1e-3, (one[0], two[0])
+    # the update: DDP-averaged gradients of the two halves move the LoRA the way the whole batch does
+    a, b = lora_b(tmp_path / "run-1"), lora_b(tmp_path / "run-2")
+    assert a.abs().sum() > 0 and b.abs().sum() > 0
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9, (one, two)

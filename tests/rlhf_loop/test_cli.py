@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,37 @@ def test_readme_settings_table_is_generated_from_the_settings_classes() -> None:
     readme = (ROOT / "README.md").read_text()
     assert readme == readme_with_table(readme), "README table is stale: run `make docs`"
     assert "`RLHF_PORT` | `8000`" in readme
+
+
+def test_adapters_commands_move_the_pointer_refuse_failed_gates_and_audit(tmp_path: Path) -> None:
+    import getpass
+    import socket
+
+    from learner.registry import Registry
+
+    me = f"{getpass.getuser()}@{socket.gethostname()}"  # the default --actor
+    env = {"RLHF_HOME": str(tmp_path)}
+    registry = Registry(tmp_path / "registry")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    registry.publish(adapter, {"parent": None}, {"passed": True, "gates": []})
+    registry.publish(adapter, {"parent": "v0001"}, {"passed": False, "gates": []})
+
+    done = run_cli("adapters", "promote", "v0001", "--reason", "gates passed", "--actor", "alice", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["active"] == "v0001"
+    refused = run_cli("adapters", "canary", "v0002", "--share", "0.2", "--reason", "try", env=env)
+    assert refused.returncode == 1 and "v0002 has failed gates" in refused.stderr
+    assert registry.read_pointer().canary is None
+    forced = run_cli("adapters", "canary", "v0002", "--share", "0.2", "--reason", "override", "--force", env=env)
+    assert forced.returncode == 0 and registry.read_pointer().canary == "v0002"
+    assert run_cli("adapters", "reject", "v0002", "--reason", "rude", env=env).returncode == 0
+    listed = json.loads(run_cli("adapters", "list", "--json", env=env).stdout)
+    assert [(v["version"], v["role"]) for v in listed["data"]] == [("v0001", "active"), ("v0002", "rejected")]
+    assert "v0001" in run_cli("adapters", "list", env=env).stdout  # the table
+    assert json.loads(run_cli("adapters", "show", "v0002", env=env).stdout)["lineage"]["parent"] == "v0001"
+    assert run_cli("adapters", "show", "v0042", env=env).returncode == 1
+    assert run_cli("adapters", "promote", "v0001", env=env).returncode == 2  # --reason is required
+    assert [(a["action"], a["actor"], a["forced"]) for a in registry.audit()] == [
+        ("promote", "alice", False), ("canary", me, True), ("reject", me, False)]

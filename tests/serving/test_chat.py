@@ -35,6 +35,8 @@ def events_for(broker: EmbeddedBroker, response_ids: set[str]) -> list[dict]:
 def test_health_and_readiness(serving: ServingServer) -> None:
     assert httpx.get(f"{serving.base_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{serving.base_url}/readyz").status_code == 200
+    # while the engine started, liveness kept answering (it is built off the event loop)
+    assert serving.live_probes >= 5 and serving.most_missed_in_a_row < 3, (serving.live_probes, serving.most_missed_in_a_row)
 
 
 def test_answer_carries_a_verifiable_feedback_token_and_is_logged_once(

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from learner.registry import Pointer, Registry
-from tests.conftest import ServingServer
+from tests.conftest import ADMIN_TOKEN, ServingServer
 
 pytestmark = pytest.mark.slow
 
@@ -39,35 +39,55 @@ def metric(serving: ServingServer, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " "))
 
 
-def test_swap_during_32_concurrent_requests_fails_none(serving: ServingServer, lora_adapters: list[Path]) -> None:
-    registry = Registry(serving.home / "registry")
-    first = registry.publish(lora_adapters[0], {"parent": None, "note": "test"})
-    registry.move_pointer(Pointer(active=first), actor="test", reason="first adapter")
-    wait_until_served(serving, first, timeout_s=30)
-    second = registry.publish(lora_adapters[1], {"parent": first, "note": "test"})
+PASSED = {"passed": True, "gates": []}
 
-    async def load() -> list[dict]:
+
+def admin(serving: ServingServer, path: str, body: dict) -> dict:
+    reply = httpx.post(f"{serving.base_url}/admin/v1{path}", json=body, timeout=30,
+                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert reply.status_code == 200, reply.text
+    return reply.json()["pointer"]
+
+
+def under_load(serving: ServingServer, move, requests: int = 32) -> list[dict]:
+    """`requests` concurrent chats; `move()` runs while they are in flight. Every one must succeed."""
+    async def run() -> list[dict]:
         async with httpx.AsyncClient(timeout=300) as client:
             async def one(i: int) -> dict:
                 response = await client.post(f"{serving.base_url}/v1/chat/completions", json={**PROMPT, "user": f"u{i}"})
                 assert response.status_code == 200, response.text
                 return response.json()
 
-            tasks = [asyncio.create_task(one(i)) for i in range(32)]
-            await asyncio.sleep(0.5)  # requests are in flight on `first`
-            registry.move_pointer(Pointer(active=second, previous=first), actor="test", reason="swap under load")
+            tasks = [asyncio.create_task(one(i)) for i in range(requests)]
+            await asyncio.sleep(0.5)  # requests are in flight on the old version
+            await asyncio.to_thread(move)
             return await asyncio.gather(*tasks)
 
-    replies = asyncio.run(load())
-    assert len(replies) == 32
-    assert all(r["choices"][0]["message"]["content"] is not None for r in replies)
+    replies = asyncio.run(run())
+    assert len(replies) == requests and all(r["choices"][0]["message"]["content"] is not None for r in replies)
+    return replies
+
+
+def test_promote_then_rollback_through_the_admin_api_under_load_fails_none(
+    serving: ServingServer, lora_adapters: list[Path]
+) -> None:
+    registry = Registry(serving.home / "registry")
+    first = registry.publish(lora_adapters[0], {"parent": None, "note": "test"}, PASSED)
+    admin(serving, f"/adapters/{first}/promote", {"reason": "first adapter"})
+    wait_until_served(serving, first, timeout_s=30)
+    second = registry.publish(lora_adapters[1], {"parent": first, "note": "test"}, PASSED)
+
+    replies = under_load(serving, lambda: admin(serving, f"/adapters/{second}/promote", {"reason": "swap under load"}))
     assert {r["adapter_version"] for r in replies} <= {first, second}
     assert wait_until_served(serving, second, timeout_s=2.0) < 2.0
     assert all(served_version(serving) == second for _ in range(3))
 
-    # roll back: the previous version serves again, loaded beside (never in place of) the other
-    registry.move_pointer(Pointer(active=first, previous=second), actor="test", reason="rollback")
+    # roll back under load: the previous version serves again, loaded beside (never in place of) the other
+    replies = under_load(serving, lambda: admin(serving, "/rollback", {"reason": "rollback under load"}))
+    assert {r["adapter_version"] for r in replies} <= {first, second}
     assert wait_until_served(serving, first, timeout_s=2.0) < 2.0
+    assert [(a["action"], a["version"]) for a in registry.audit()[-3:]] == [
+        ("promote", first), ("promote", second), ("rollback", second)]
 
 
 def test_corrupt_adapter_fails_to_load_and_the_old_one_keeps_serving(

@@ -1,0 +1,130 @@
+"""The promotion policy: a canary becomes active on live evidence, or is rolled back on it.
+
+Written by hand because it is the product's core decision, and small: two proportions and a
+margin. Evidence is the feedback stored since the canary started (its `canary` audit line):
+
+- rollback: once the canary has `rollback_min_feedback` thumbs, if the 95% lower bound of its
+  thumb-down rate is above the active version's rate + `rollback_margin` (a spike), the canary is
+  rejected (which also takes it out of serving).
+- promote: once it has `promotion_min_feedback` thumbs, if it is not worse than the active version
+  with significance (non-inferiority: the 95% lower bound of the thumb-up rate difference is above
+  -`promotion_margin`), and, where `promotion_min_duels` duels between the two exist, the 95% lower
+  bound of its duel win rate is above 0.5 - `promotion_margin`.
+- otherwise: wait for more feedback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Iterable, Literal
+
+import structlog
+
+from feedback.events import PairwiseEvent
+from feedback.export import latest_thumbs
+from learner.gates import wilson
+from learner.registry import Registry
+from learner.settings import LearnerSettings
+
+log = structlog.get_logger(__name__)
+
+ACTOR = "canary-policy"
+
+
+@dataclass
+class LiveStats:
+    thumbs: int = 0
+    down: int = 0
+    duels: int = 0
+    duel_wins: float = 0.0  # ties count half
+
+    @property
+    def up_rate(self) -> float:
+        return (self.thumbs - self.down) / self.thumbs if self.thumbs else 0.0
+
+    @property
+    def down_rate(self) -> float:
+        return self.down / self.thumbs if self.thumbs else 0.0
+
+
+@dataclass
+class Decision:
+    action: Literal["promote", "rollback", "wait"]
+    reason: str
+    canary: dict
+    active: dict
+
+
+def live_stats(events: Iterable, canary: str, active: str | None) -> tuple[LiveStats, LiveStats]:
+    """Thumbs (latest per user and response) per version, and duels fought between the two."""
+    events = list(events)
+    stats = {canary: LiveStats(), active: LiveStats()}
+    for thumb in latest_thumbs(events):
+        if thumb.adapter_version in stats:
+            side = stats[thumb.adapter_version]
+            side.thumbs += 1
+            side.down += thumb.rating == "down"
+    for duel in events:
+        if not isinstance(duel, PairwiseEvent) or duel.choice == "both_bad":
+            continue
+        versions = (duel.adapter_version_a, duel.adapter_version_b)
+        if set(versions) != {canary, active}:
+            continue
+        canary_side = "a" if versions[0] == canary else "b"
+        stats[canary].duels += 1
+        stats[canary].duel_wins += 1.0 if duel.choice == canary_side else 0.5 if duel.choice == "tie" else 0.0
+    return stats[canary], stats[active]
+
+
+def difference_lower_bound(a: LiveStats, b: LiveStats, z: float = 1.96) -> float:
+    """95% lower bound of up_rate(a) - up_rate(b) (Wald, on two independent proportions)."""
+    if not a.thumbs or not b.thumbs:
+        return -1.0
+    se = math.sqrt(a.up_rate * (1 - a.up_rate) / a.thumbs + b.up_rate * (1 - b.up_rate) / b.thumbs)
+    return a.up_rate - b.up_rate - z * max(se, 1e-9)
+
+
+def decide(canary: LiveStats, active: LiveStats, settings: LearnerSettings) -> Decision:
+    figures = {"canary": asdict(canary) | {"down_rate": canary.down_rate, "up_rate": canary.up_rate},
+               "active": asdict(active) | {"down_rate": active.down_rate, "up_rate": active.up_rate}}
+    if canary.thumbs >= settings.rollback_min_feedback:
+        low = wilson(canary.down, canary.thumbs)[0]
+        if low > active.down_rate + settings.rollback_margin:
+            return Decision("rollback", f"thumb-down spike: canary {canary.down_rate:.0%} (95% lower bound {low:.0%}) vs "
+                                        f"active {active.down_rate:.0%} + margin {settings.rollback_margin:.0%}", **figures)
+    if canary.thumbs < settings.promotion_min_feedback:
+        return Decision("wait", f"{canary.thumbs} of {settings.promotion_min_feedback} thumbs on the canary", **figures)
+    bound = difference_lower_bound(canary, active)
+    if bound <= -settings.promotion_margin:
+        return Decision("wait", f"thumb-up rate not shown non-inferior: lower bound of the difference {bound:+.3f} "
+                                f"<= -{settings.promotion_margin}", **figures)
+    if canary.duels >= settings.promotion_min_duels:
+        low = wilson(canary.duel_wins, canary.duels)[0]
+        if low <= 0.5 - settings.promotion_margin:
+            return Decision("wait", f"duel win rate lower bound {low:.2f} <= {0.5 - settings.promotion_margin:.2f}", **figures)
+    return Decision("promote", f"non-inferior on {canary.thumbs} thumbs (difference lower bound {bound:+.3f}) "
+                               f"and {canary.duels} duels", **figures)
+
+
+def canary_started_at(registry: Registry, canary: str) -> datetime | None:
+    starts = [row["at"] for row in registry.audit() if row["action"] == "canary" and row["version"] == canary]
+    return datetime.fromisoformat(starts[-1]) if starts else None
+
+
+def check(registry: Registry, events: list, settings: LearnerSettings) -> Decision | None:
+    """Apply the policy to the running canary (if any) on `events`; returns what was decided."""
+    pointer = registry.read_pointer()
+    if pointer.canary is None:
+        return None
+    since = canary_started_at(registry, pointer.canary)
+    recent = [e for e in events if since is None or e.occurred_at >= since]
+    decision = decide(*live_stats(recent, pointer.canary, pointer.active), settings)
+    if decision.action == "promote":
+        registry.promote(pointer.canary, actor=ACTOR, reason=decision.reason)
+    elif decision.action == "rollback":
+        registry.reject(pointer.canary, actor=ACTOR, reason=decision.reason)
+    if decision.action != "wait":
+        log.info("canary.decided", version=pointer.canary, action=decision.action, reason=decision.reason)
+    return decision

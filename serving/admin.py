@@ -1,0 +1,140 @@
+"""The admin API: what operators do to adapters, over HTTP, behind an operator bearer token.
+
+The same actions as `rlhf-loop adapters ...` (both call `learner.registry.Registry`). Every
+action is written to the registry's audit log and counted in `rlhf_admin_actions_total`; serving
+then follows the pointer like any other move.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from learner.registry import Registry, RegistryError, UnknownVersion
+from serving.errors import error_response
+from serving.metrics import ADMIN_ACTIONS
+
+
+class AdminAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000, description="Why: written to the audit log.")
+    force: bool = Field(default=False, description="Serve a version whose gates failed or that was rejected (audited).")
+
+
+class CanaryAction(AdminAction):
+    share: float = Field(gt=0.0, le=1.0, description="Share of users routed to the canary, sticky per user.")
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+
+def operator(request: Request) -> str:
+    """The acting operator: 401 without a bearer token, 403 with any token but the operator's."""
+    expected = request.app.state.admin_token
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        ADMIN_ACTIONS.labels("auth", "unauthenticated").inc()
+        raise Refused(401, "the admin API needs `Authorization: Bearer <operator token>`")
+    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        ADMIN_ACTIONS.labels("auth", "forbidden").inc()
+        raise Refused(403, "this token may not use the admin API" if expected else
+                      "the admin API is off: set RLHF_ADMIN_TOKEN to turn it on")
+    user = request.app.state.authenticated_user(request)
+    return f"operator:{user}" if user else "operator:admin-api"
+
+
+Operator = Annotated[str, Depends(operator)]
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def _act(request: Request, action: str, do) -> JSONResponse:
+    try:
+        pointer = do(_registry(request))
+    except UnknownVersion as error:
+        ADMIN_ACTIONS.labels(action, "refused").inc()
+        return error_response(404, str(error))
+    except RegistryError as error:
+        ADMIN_ACTIONS.labels(action, "refused").inc()
+        return error_response(409, str(error), type_="ConflictError")
+    ADMIN_ACTIONS.labels(action, "done").inc()
+    return JSONResponse({"pointer": pointer.model_dump(mode="json")})
+
+
+@router.get("/adapters")
+async def list_adapters(request: Request, _: Operator) -> dict[str, Any]:
+    """Every version with its role and gate status, and the pointer."""
+    registry = _registry(request)
+    return {"pointer": registry.read_pointer().model_dump(mode="json"),
+            "data": [registry.summary(v) for v in registry.versions()]}
+
+
+@router.get("/adapters/{version}")
+async def show_adapter(version: str, request: Request, _: Operator) -> JSONResponse:
+    """One version: its lineage, gate report and role."""
+    registry = _registry(request)
+    try:
+        return JSONResponse({**registry.meta(version), **registry.summary(version)})
+    except UnknownVersion as error:
+        return error_response(404, str(error))
+
+
+@router.get("/adapters/{version}/diff/{other}")
+async def diff_adapters(version: str, other: str, request: Request, _: Operator) -> JSONResponse:
+    """What differs between two versions (lineage, gate figures, weight distance)."""
+    try:
+        return JSONResponse(_registry(request).diff(version, other))
+    except UnknownVersion as error:
+        return error_response(404, str(error))
+
+
+@router.post("/adapters/{version}/promote")
+async def promote(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+    """Make a version active for everyone (409 if its gates failed, unless `force`)."""
+    return _act(request, "promote", lambda r: r.promote(version, actor=actor, reason=body.reason, force=body.force))
+
+
+@router.post("/adapters/{version}/canary")
+async def canary(version: str, body: CanaryAction, request: Request, actor: Operator) -> JSONResponse:
+    """Serve a version to `share` of users beside the active one."""
+    return _act(request, "canary", lambda r: r.canary(version, body.share, actor=actor, reason=body.reason,
+                                                       force=body.force))
+
+
+@router.post("/adapters/{version}/reject")
+async def reject(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+    """Turn a version down: it leaves the canary and needs `force` to serve again."""
+    return _act(request, "reject", lambda r: r.reject(version, actor=actor, reason=body.reason))
+
+
+@router.post("/rollback")
+async def rollback(body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+    """End the canary if one runs, else make the previous version active again."""
+    return _act(request, "rollback", lambda r: r.rollback(actor=actor, reason=body.reason))
+
+
+@router.get("/audit")
+async def audit(request: Request, _: Operator) -> dict[str, Any]:
+    """The audit log, oldest first."""
+    return {"data": _registry(request).audit()}
+
+
+def install_admin(app) -> None:
+    app.include_router(router)
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, error: Refused) -> JSONResponse:
+        response = error_response(error.status, error.message)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response

@@ -1,0 +1,71 @@
+"""The promotion policy on constructed live feedback: promote when non-inferior with enough
+evidence, wait otherwise, roll back a thumb-down spike; applied to the registry with an audit line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from feedback.events import PairwiseEvent, ThumbEvent
+from learner.promotion import LiveStats, check, decide, live_stats
+from learner.registry import Registry
+from learner.settings import LearnerSettings
+
+SETTINGS = LearnerSettings(_env_file=None, promotion_min_feedback=100, promotion_min_duels=20, promotion_margin=0.05,
+                           rollback_min_feedback=20, rollback_margin=0.1)
+
+
+def thumbs(version: str | None, up: int, down: int, tag: str = "") -> list[ThumbEvent]:
+    return [ThumbEvent(conversation_id=f"c{tag}{i}", response_id=f"{version}-{tag}{i}:0", adapter_version=version,
+                       user_id=f"user-{tag}{i}", rating="up" if i < up else "down") for i in range(up + down)]
+
+
+def duels(canary: str, active: str | None, canary_wins: int, active_wins: int) -> list[PairwiseEvent]:
+    return [PairwiseEvent(conversation_id=f"d{i}", response_id_a=f"a{i}:0", response_id_b=f"b{i}:0",
+                          adapter_version_a=canary if i % 2 else active, adapter_version_b=active if i % 2 else canary,
+                          user_id=f"user-{i}", choice=("a" if i % 2 else "b") if i < canary_wins else ("b" if i % 2 else "a"))
+            for i in range(canary_wins + active_wins)]
+
+
+def test_live_stats_count_latest_thumbs_per_version_and_duels_between_the_two() -> None:
+    first = thumbs("v2", 3, 1)
+    changed_mind = ThumbEvent(conversation_id="c", response_id="v2-0:0", adapter_version="v2", user_id="user-0", rating="down")
+    canary, active = live_stats([*first, changed_mind, *thumbs(None, 2, 2, "x"), *duels("v2", None, 3, 1)],
+                                "v2", None)
+    assert (canary.thumbs, canary.down) == (4, 2)  # user-0 changed their mind: latest wins
+    assert (active.thumbs, active.down) == (4, 2)
+    assert (canary.duels, canary.duel_wins) == (4, 3.0)
+
+
+def test_decisions() -> None:
+    good, equal = LiveStats(thumbs=200, down=24, duels=40, duel_wins=28), LiveStats(thumbs=400, down=80)
+    assert decide(good, equal, SETTINGS).action == "promote"
+    assert decide(LiveStats(thumbs=50, down=10), equal, SETTINGS).action == "wait"  # not enough evidence yet
+    worse = LiveStats(thumbs=200, down=70, duels=40, duel_wins=20)  # 65% up vs 80%: clearly worse, no spike rule hit
+    decision = decide(worse, equal, SETTINGS)
+    assert decision.action == "wait" and "not shown non-inferior" in decision.reason
+    losing_duels = LiveStats(thumbs=200, down=24, duels=40, duel_wins=10)
+    assert decide(losing_duels, equal, SETTINGS).action == "wait"
+    spike = decide(LiveStats(thumbs=25, down=15), equal, SETTINGS)
+    assert spike.action == "rollback" and "thumb-down spike" in spike.reason
+
+
+def test_check_promotes_or_rolls_back_the_running_canary(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    registry = Registry(tmp_path / "registry")
+    for _ in range(3):
+        registry.publish(adapter, {}, {"passed": True, "gates": []})
+    registry.promote("v0001", actor="t", reason="start")
+    assert check(registry, [], SETTINGS) is None  # no canary: nothing to decide
+
+    registry.canary("v0002", 0.1, actor="learner", reason="passed gates")
+    assert check(registry, thumbs("v0002", 10, 1), SETTINGS).action == "wait"
+    assert check(registry, [*thumbs("v0002", 180, 20), *thumbs("v0001", 170, 30, "o")], SETTINGS).action == "promote"
+    assert registry.read_pointer().active == "v0002" and registry.read_pointer().canary is None
+
+    registry.canary("v0003", 0.1, actor="learner", reason="passed gates")
+    assert check(registry, [*thumbs("v0003", 5, 20), *thumbs("v0002", 180, 20, "o")], SETTINGS).action == "rollback"
+    pointer = registry.read_pointer()
+    assert pointer.active == "v0002" and pointer.canary is None and "v0003" in pointer.rejected
+    assert [(a["action"], a["actor"]) for a in registry.audit()[-2:]] == [("canary", "learner"), ("reject", "canary-policy")]
