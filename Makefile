@@ -56,6 +56,9 @@ $(PEER_VENV)/.installed: requirements/trl-1.12.txt
 bench: install $(BENCH_STAMP) $(PEER_VENV)/.installed
 	$(BIN)/python -m tests.bench.serving
 	$(BIN)/python -m tests.bench.feedback
+	$(BIN)/python -m tests.bench.reward
+	$(BIN)/python -m tests.bench.ppo
+	$(BIN)/python -m tests.bench.rollout
 
 docs: install
 	$(BIN)/rlhf-loop config --write-readme README.md

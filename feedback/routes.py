@@ -25,9 +25,15 @@ def _refused(error: FeedbackRefused) -> JSONResponse:
     )
 
 
-def _who(request: Request) -> tuple[str | None, str]:
-    """(authenticated user or None, client address) as the app resolved them."""
-    return request.app.state.authenticated_user(request), request.client.host if request.client else "unknown"
+async def _accept(request: Request, submit) -> JSONResponse:
+    """Run `submit(user=..., client=...)`: 202 with the receipt once durable, else the refusal."""
+    user = request.app.state.authenticated_user(request)
+    client = request.client.host if request.client else "unknown"
+    try:
+        accepted = await submit(user=user, client=client)
+    except FeedbackRefused as error:
+        return _refused(error)
+    return JSONResponse(accepted.model_dump(), status_code=202)
 
 
 @router.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted)
@@ -36,20 +42,11 @@ async def thumb(body: FeedbackCreate, request: Request, idempotency_key: Idempot
 
     Rating the same response again replaces the earlier rating (latest wins, applied by the learner).
     """
-    user, client = _who(request)
-    try:
-        accepted = await request.app.state.feedback.thumb(body, user=user, client=client, idempotency_key=idempotency_key)
-    except FeedbackRefused as error:
-        return _refused(error)
-    return JSONResponse(accepted.model_dump(), status_code=202)
+    return await _accept(request, lambda **who: request.app.state.feedback.thumb(body, idempotency_key=idempotency_key, **who))
 
 
 @router.post("/v1/feedback/pairwise", status_code=202, response_model=FeedbackAccepted)
 async def pairwise(body: PairwiseFeedbackCreate, request: Request, idempotency_key: IdempotencyKey = None):
     """Pick the better of two answers to one prompt (a, b, tie, both_bad) by their two tokens."""
-    user, client = _who(request)
-    try:
-        accepted = await request.app.state.feedback.pairwise(body, user=user, client=client, idempotency_key=idempotency_key)
-    except FeedbackRefused as error:
-        return _refused(error)
-    return JSONResponse(accepted.model_dump(), status_code=202)
+    return await _accept(request, lambda **who: request.app.state.feedback.pairwise(
+        body, idempotency_key=idempotency_key, **who))

@@ -202,9 +202,9 @@ class _Scorer:
         """Mean log-likelihood per token of the reference answers, teacher-forced."""
         rollouts = []
         for row in golden:
-            prompt_ids = self.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                                            add_generation_prompt=True, tokenize=True)
-            prompt_ids = list(prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else prompt_ids)
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
+                                                      add_generation_prompt=True, tokenize=False)
+            prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             answer_ids = self.tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
             rollouts.append(Rollout(prompt_ids, answer_ids, row["answer"]))
         logprobs, mask = self.logprobs(rollouts, adapter)

@@ -123,6 +123,12 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
         model.forward = torch.nn.parallel.DistributedDataParallel(model.model)
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW([p for p in model.model.parameters() if p.requires_grad], lr=config.learning_rate)
+
+    def share(order: list, step: int) -> list:
+        """This rank's equal share of the step's global batch (a remainder that does not divide is left out)."""
+        chunk = order[step * config.batch_size : (step + 1) * config.batch_size]
+        return chunk[: len(chunk) - len(chunk) % world][rank::world]
+
     steps_per_epoch = max(1, -(-max(len(pairs), len(pointwise)) // config.batch_size))
     history = []
     model.model.train()
@@ -131,24 +137,25 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
         for _ in range(config.epochs):
             pairs_order, thumbs_order = rng.sample(pairs, len(pairs)), rng.sample(pointwise, len(pointwise))
             for step in range(steps_per_epoch):
-                pair_batch = pairs_order[step * config.batch_size : (step + 1) * config.batch_size][rank::world]
-                thumb_batch = thumbs_order[step * config.batch_size : (step + 1) * config.batch_size][rank::world]
+                pair_batch, thumb_batch = share(pairs_order, step), share(thumbs_order, step)
                 loss, row = torch.zeros(()), {}
+                if not pair_batch and not thumb_batch:
+                    continue  # the same on every rank: the shares are equal
+                # one forward per step (DDP expects one): pairs' chosen and rejected texts, then thumbs
+                texts = model.texts([p.prompt for p in pair_batch] * 2 + [t.prompt for t in thumb_batch],
+                                    [p.chosen for p in pair_batch] + [p.rejected for p in pair_batch]
+                                    + [t.response for t in thumb_batch])
+                scores = model.score_texts(texts)  # (2 * pairs + thumbs,)
+                b = len(pair_batch)
                 if pair_batch:
-                    texts = model.texts([p.prompt for p in pair_batch] * 2,
-                                        [p.chosen for p in pair_batch] + [p.rejected for p in pair_batch])
-                    chosen, rejected = model.score_texts(texts).chunk(2)  # (b,), (b,)
-                    bt = -F.logsigmoid(chosen - rejected).mean()
+                    bt = -F.logsigmoid(scores[:b] - scores[b : 2 * b]).mean()
                     loss = loss + bt
                     row["loss/bt"] = bt.item()
                 if thumb_batch:
-                    scores = model.score_texts(model.texts([t.prompt for t in thumb_batch], [t.response for t in thumb_batch]))
                     labels = torch.tensor([t.label for t in thumb_batch])
-                    pointwise_loss = F.binary_cross_entropy_with_logits(scores, labels)
+                    pointwise_loss = F.binary_cross_entropy_with_logits(scores[2 * b :], labels)
                     loss = loss + config.pointwise_weight * pointwise_loss
                     row["loss/pointwise"] = pointwise_loss.item()
-                if not row:
-                    continue
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -181,11 +188,19 @@ def _better_or_equal(new: dict, old: dict | None) -> bool:
     return all(new[k] >= old[k] - 1e-9 for k in keys)
 
 
-def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConfig,
-            seen_before: set[str] | None = None) -> RefreshReport:
+def _example_key(example: Pair | Pointwise) -> str:
+    return hashlib.sha1(repr(example).encode()).hexdigest()
+
+
+def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConfig) -> RefreshReport:
     """Train a new reward-model version warm-started from the current one; keep it only if it is
-    not worse on held-out data than the current one (both measured on the same held-out set)."""
+    not worse on held-out data than the current one (both measured on the same held-out set).
+
+    Examples a kept version already trained on (`root/trained.txt`, one hash a line) are replayed
+    at `replay_fraction`; new ones are all used."""
     root.mkdir(parents=True, exist_ok=True)
+    trained_log = root / "trained.txt"
+    seen_before = set(trained_log.read_text().split()) if trained_log.exists() else set()
     current = _current(root)
     train_pairs = [p for p in data.pairs if not heldout(p, config.heldout_fraction)]
     train_thumbs = [t for t in data.pointwise if not heldout(t, config.heldout_fraction)]
@@ -193,7 +208,7 @@ def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConf
     test_thumbs = [t for t in data.pointwise if heldout(t, config.heldout_fraction)]
     if seen_before:  # new data in full, a sample of what earlier refreshes already trained on
         rng = random.Random(config.seed)
-        keep = lambda e: repr(e) not in seen_before or rng.random() < config.replay_fraction  # noqa: E731
+        keep = lambda e: _example_key(e) not in seen_before or rng.random() < config.replay_fraction  # noqa: E731
         train_pairs, train_thumbs = [p for p in train_pairs if keep(p)], [t for t in train_thumbs if keep(t)]
     previous = None
     if current is not None:
@@ -216,6 +231,8 @@ def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConf
     staging.rename(root / version)
     (root / ".current.tmp").write_text(version)
     (root / ".current.tmp").rename(root / "CURRENT")
+    with open(trained_log, "a") as out:
+        out.writelines(f"{_example_key(e)}\n" for e in (*train_pairs, *train_thumbs) if _example_key(e) not in seen_before)
     log.info("reward_model.refreshed", version=version, heldout=scores, previous=previous)
     return RefreshReport(version, True, scores, previous, len(train_pairs), len(train_thumbs), len(history))
 

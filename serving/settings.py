@@ -69,6 +69,9 @@ class ServingSettings(RuntimeSettings):
     def _production_needs_a_secret(self) -> "ServingSettings":
         if self.environment == "production" and self.feedback_token_secret is None:
             raise ValueError("RLHF_FEEDBACK_TOKEN_SECRET must be set when RLHF_ENVIRONMENT=production")
+        for name, secret in (("RLHF_FEEDBACK_TOKEN_SECRET", self.feedback_token_secret), ("RLHF_ADMIN_TOKEN", self.admin_token)):
+            if secret is not None and len(secret.get_secret_value()) < 16:
+                raise ValueError(f"{name} must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return self
 
     @property

@@ -55,24 +55,34 @@ def lora_b(run_dir: Path):
     return torch.cat([w.flatten() for name, w in sorted(weights.items()) if "lora_B" in name])
 
 
-def test_ppo_two_process_torchrun_matches_one_process(prepared_model: Path, rule_reward_model, tmp_path: Path) -> None:
+def test_ppo_two_process_torchrun_matches_one_process(prepared_model: Path, rule_reward_model, rollouts,
+                                                     tmp_path: Path) -> None:
     import torch
+
+    from learner.dataset import load_prompt_file
+    from learner.ppo import PPOConfig, PPOTrainer
+    from learner.reward_model import RewardConfig, load_current
 
     root, _, _ = rule_reward_model
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"In one short sentence, what are {t}?"})
                                  for t in ["owls", "tea", "maps", "bees", "jazz", "kites"]))
-    job = ["-m", "learner.train_ppo", "--model", str(prepared_model), "--reward-models", str(root),
-           "--prompts", str(prompts), *PPO_FLAGS]
-    curves = {}
-    for processes in (1, 2):
-        run_dir = tmp_path / f"run-{processes}"
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-                *job, "--run-dir", str(run_dir)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert done.returncode == 0, done.stderr[-3000:]
-        curves[processes] = [json.loads(line) for line in (run_dir / "ppo_history.jsonl").read_text().splitlines()]
-    one, two = curves[1], curves[2]
+    # one process, in this one (the session's rollout engine): the baseline
+    scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=48))
+    config = PPOConfig(steps=2, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=16, learning_rate=5e-4)
+    single = PPOTrainer(prepared_model, tmp_path / "run-1", config, lambda p, t: scorer.score(p, t), rollouts=rollouts)
+    one = single.train(load_prompt_file(prompts))
+    single.save_adapter(tmp_path / "run-1" / "candidate")
+    del single, scorer
+
+    # two processes under torchrun, the same job flags
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "learner.train_ppo", "--model", str(prepared_model), "--reward-models", str(root),
+            "--prompts", str(prompts), "--run-dir", str(tmp_path / "run-2"), *PPO_FLAGS]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = [json.loads(line) for line in (tmp_path / "run-2" / "ppo_history.jsonl").read_text().splitlines()]
+
     assert [row["step"] for row in one] == [row["step"] for row in two] == [1, 2]
     # step 1: the same rollouts (rank 0, same seed) and the same reward model: the same scores and KL
     assert abs(one[0]["objective/scores"] - two[0]["objective/scores"]) < 1e-3, (one[0], two[0])

@@ -10,7 +10,6 @@ import pytest
 from learner.dataset import as_messages
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward_model import RewardConfig, load_current
-from learner.rollout import VLLMRollouts
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +32,10 @@ def held_out_score(trainer: PPOTrainer, scorer, samples: int = 8) -> float:
     return scorer.score(prompts, [o.text for o in outputs]).mean().item()
 
 
-def test_ppo_raises_held_out_reward_within_kl_budget_and_resumes(prepared_model: Path, rule_reward_model, tmp_path: Path) -> None:
+def test_ppo_raises_held_out_reward_within_kl_budget_and_resumes(prepared_model: Path, rule_reward_model, rollouts,
+                                                                 tmp_path: Path) -> None:
     root, _, _ = rule_reward_model
     scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=96))
-    rollouts = VLLMRollouts(prepared_model, max_model_len=512, lora_rank=CONFIG.lora_rank,
-                            memory_share=CONFIG.rollout_memory_share)
     score = lambda prompts, texts: scorer.score(prompts, texts)  # noqa: E731
 
     first = PPOTrainer(prepared_model, tmp_path / "run", CONFIG.__class__(**{**CONFIG.__dict__, "steps": 3}),

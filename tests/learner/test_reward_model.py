@@ -32,6 +32,8 @@ def test_a_worse_refresh_does_not_replace_the_current_model(rule_reward_model, p
     worse = refresh(prepared_model, copy, FeedbackData(pairs=pairs[:60]), RewardConfig(
         epochs=1, batch_size=8, max_length=48, heldout_fraction=0.25, learning_rate=0.5))
     assert worse.replaced is False and worse.version == "rm-0001"
+    # all 60 pairs were trained on by rm-0001: a refresh replays only a sample of them
+    assert 0 < worse.train_pairs < len([p for p in pairs[:60] if not heldout(p, 0.25)])
     assert worse.heldout["pair_accuracy"] < worse.previous_heldout["pair_accuracy"]
     assert (copy / "CURRENT").read_text() == "rm-0001"
     assert not (copy / "rm-0002").exists()

@@ -30,6 +30,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["up"], {"RLHF_PORT": "eighty"}, "RLHF_PORT: Input should be a valid integer"),
         (["up"], {"RLHF_MODEL": "/nonexistent/model"}, "RLHF_MODEL: /nonexistent/model is not a directory"),
         (["up"], {"RLHF_GPU_MEMORY_UTILIZATION": "1.5"}, "RLHF_GPU_MEMORY_UTILIZATION"),
+        (["up"], {"RLHF_ADMIN_TOKEN": "short"}, "RLHF_ADMIN_TOKEN must be at least 16 characters"),
     ],
 )
 def test_bad_setting_stops_startup_with_one_line(args: list[str], env: dict[str, str], expected: str, tmp_path: Path) -> None:

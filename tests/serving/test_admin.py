@@ -12,7 +12,7 @@ from learner.registry import Registry
 from serving.app import create_app
 from serving.settings import ServingSettings
 
-TOKEN = "operator-secret"
+TOKEN = "operator-secret-token"
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
 
 
