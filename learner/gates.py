@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import zlib
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -211,11 +210,6 @@ class _Scorer:
         return float((logprobs * mask).sum() / mask.sum())
 
 
-def _adapter_id(path: Path | None) -> int:
-    """A LoRA id for vLLM that is the same for the same directory and new for a new one."""
-    return 0 if path is None else 2_000_000 + zlib.crc32(str(path.resolve()).encode()) % 1_000_000
-
-
 def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: Scorer, rollouts: VLLMRollouts,
               settings: LearnerSettings, extra_prompts: list[Prompt] = ()) -> dict[str, Any]:
     """All gates on one candidate against the incumbent (None: the base model). Returns the gate report."""
@@ -231,7 +225,7 @@ def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: 
     held_out = prompts * settings.gate_samples
 
     def generate(adapter: Path | None, items: list[Prompt], seed: int) -> list[Rollout]:
-        return rollouts.generate([as_messages(p) for p in items], adapter=adapter, adapter_id=_adapter_id(adapter),
+        return rollouts.generate([as_messages(p) for p in items], adapter=adapter,
                                  max_tokens=settings.gate_max_new_tokens, temperature=1.0, seed=seed)
 
     answers = {name: (generate(path, held_out, 17), generate(path, red_team, 23))

@@ -75,16 +75,17 @@ class PolicyWithValue(nn.Module):
         return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L, V), (B, L)
 
 
-def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: torch.Tensor, length: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the response tokens and the logits that produced them.
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: torch.Tensor, length: int,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the response tokens under the sampling distribution, and its logits.
 
     logits: (B, L, V); the response of row b occupies input_ids[b, start[b] : start[b] + length].
-    Returns (B, T) log-probs and (B, T, V) logits with T = length.
+    Logits are divided by the sampling temperature, so ratios and KL describe the distribution
+    vLLM sampled from. Returns (B, T) log-probs and (B, T, V) logits with T = length.
     """
     positions = start[:, None] + torch.arange(length)[None, :]  # (B, T) positions of response tokens
     positions = positions.clamp(max=input_ids.shape[1] - 1)
-    step_logits = torch.gather(logits, 1, (positions - 1)[:, :, None].expand(-1, -1, logits.shape[-1]))
+    step_logits = torch.gather(logits, 1, (positions - 1)[:, :, None].expand(-1, -1, logits.shape[-1])) / temperature
     tokens = torch.gather(input_ids, 1, positions)
     logprobs = torch.log_softmax(step_logits, dim=-1).gather(-1, tokens[:, :, None]).squeeze(-1)
     return logprobs, step_logits
@@ -240,7 +241,7 @@ class PPOTrainer:
         if self.rank == 0:
             adapter = self.save_adapter(self.run_dir / "rollout-adapters" / f"step-{self.step:05d}")
             generated[0] = self.rollouts.generate(
-                [as_messages(p) for p in prompts], adapter=adapter, adapter_id=self.step + 1,
+                [as_messages(p) for p in prompts], adapter=adapter,
                 max_tokens=c.max_new_tokens, temperature=c.temperature, seed=c.seed * 100_003 + self.step)
             shutil.rmtree(self.run_dir / "rollout-adapters" / f"step-{self.step - 1:05d}", ignore_errors=True)
         if self.world > 1:
@@ -258,7 +259,7 @@ class PPOTrainer:
                       [prompts[i] for i in mine], [batch.texts[i] for i in mine])
         with torch.no_grad():
             logits, values = self.policy(shard.input_ids, shard.attention_mask)
-            old_logprobs, _ = response_logprobs(logits, shard.input_ids, shard.start, T)
+            old_logprobs, _ = response_logprobs(logits, shard.input_ids, shard.start, T, c.temperature)
             old_values = torch.gather(values, 1, (shard.start[:, None] + torch.arange(T)[None, :] - 1).clamp(min=0))
             ref_logprobs = self._reference_logprobs(shard, T)
             del logits, values
@@ -282,7 +283,7 @@ class PPOTrainer:
             for i in range(0, len(prompts), c.minibatch_size):
                 idx = order[i : i + c.minibatch_size][self.rank :: self.world]
                 logits, values = self.ddp(batch.input_ids[idx], batch.attention_mask[idx])
-                logprobs, step_logits = response_logprobs(logits, batch.input_ids[idx], batch.start[idx], T)
+                logprobs, step_logits = response_logprobs(logits, batch.input_ids[idx], batch.start[idx], T, c.temperature)
                 new_values = torch.gather(values, 1, (batch.start[idx, None] + torch.arange(T)[None, :] - 1).clamp(min=0))
                 mask = batch.mask[idx]
                 pg_loss, clip_fraction = M.policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, c.clip_range)
@@ -330,19 +331,19 @@ class PPOTrainer:
         else:
             with lm.disable_adapter():
                 logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return response_logprobs(logits, batch.input_ids, batch.start, T)[0]
+        return response_logprobs(logits, batch.input_ids, batch.start, T, self.config.temperature)[0]
 
     @torch.no_grad()
     def measured_kl(self, prompts: list, samples: int = 1) -> float:
         """Mean sequence KL (k1, exact in expectation) of policy vs reference on fresh rollouts."""
         adapter = self.save_adapter(self.run_dir / "eval-adapter" / f"step-{self.step:05d}")
         generated = self.rollouts.generate([as_messages(p) for p in prompts] * samples, adapter=adapter,
-                                           adapter_id=10_000 + self.step, max_tokens=self.config.max_new_tokens,
+                                           max_tokens=self.config.max_new_tokens,
                                            temperature=self.config.temperature, seed=777)
         batch = collate(generated, prompts * samples, self.tokenizer.pad_token_id)
         T = batch.mask.shape[1]
         logits, _ = self.policy(batch.input_ids, batch.attention_mask)
-        logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, T)
+        logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, T, self.config.temperature)
         reference = self._reference_logprobs(batch, T)
         return ((logprobs - reference) * batch.mask).sum(1).mean().item()
 

@@ -1,7 +1,8 @@
 """Rollouts: generation by vLLM with the policy's current LoRA (not `generate()` of transformers).
 
-Each PPO step saves the LoRA being trained into a new step directory and hands vLLM a new
-adapter name and id, so vLLM never serves stale weights from its adapter or prefix cache.
+Each PPO step saves the LoRA being trained into a new step directory; `VLLMRollouts` gives every
+adapter directory (and every rewrite of one) its own LoRA id, because vLLM keeps serving the weights
+it first loaded under an id, even for a new path: a reused id means stale weights.
 """
 
 from __future__ import annotations
@@ -19,20 +20,33 @@ class Rollout:
 
 class VLLMRollouts:
     def __init__(self, model: Path, *, max_model_len: int, lora_rank: int, memory_share: float, seed: int = 0) -> None:
+        import torch
         from vllm import LLM
 
+        self._ids: dict[tuple[str, int], int] = {}
+        threads = torch.get_num_threads()
         self.llm = LLM(
             model=str(model), enable_lora=True, max_lora_rank=max(8, lora_rank), max_loras=1,
             max_model_len=max_model_len, gpu_memory_utilization=memory_share, seed=seed, dtype="float32",
             enable_prefix_caching=False,
         )
+        # vLLM drops this process's torch threads to 1 "for serving"; training in this process needs them
+        torch.set_num_threads(threads)
 
-    def generate(self, prompts: list[list[dict]], *, adapter: Path | None, adapter_id: int, max_tokens: int,
-                 temperature: float, seed: int) -> list[Rollout]:
+    def lora_id(self, adapter: Path) -> int:
+        """The same id for the same adapter files, a new one for anything else."""
+        key = (str(adapter.resolve()), (adapter / "adapter_model.safetensors").stat().st_mtime_ns)
+        return self._ids.setdefault(key, len(self._ids) + 1)
+
+    def generate(self, prompts: list[list[dict]], *, adapter: Path | None, max_tokens: int, temperature: float,
+                 seed: int) -> list[Rollout]:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        lora = LoRARequest(f"policy-{adapter_id}", adapter_id, str(adapter)) if adapter is not None else None
+        lora = None
+        if adapter is not None:
+            lora_id = self.lora_id(adapter)
+            lora = LoRARequest(f"policy-{lora_id}", lora_id, str(adapter))
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
         outputs = self.llm.chat(prompts, params, lora_request=lora, use_tqdm=False)
         return [Rollout(list(o.prompt_token_ids), list(o.outputs[0].token_ids), o.outputs[0].text) for o in outputs]

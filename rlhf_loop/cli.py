@@ -148,6 +148,10 @@ def _kinds(text: str) -> list[str]:
 def cmd_learn(args: argparse.Namespace) -> int:
     import dataclasses
     import json
+    import os
+
+    # the report is the one thing on stdout (logs, ours and vLLM's, go to stderr)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
     from feedback.logs import configure_logging
     from learner.cycle import run_cycle

@@ -20,6 +20,10 @@ from feedback.settings import RuntimeSettings
 from feedback.topics import ensure_topics
 from rlhf_loop.model import prepare
 
+# torch's OpenMP threads busy-wait by default; with engines, trainers and tests side by side on two
+# cores that made one training step several times slower. Set before torch loads; children inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def free_port() -> int:
     with socket.socket() as sock:

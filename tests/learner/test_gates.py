@@ -19,7 +19,9 @@ from tests.learner.conftest import sft_adapter
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = [row["prompt"] for row in load_set("prompts")] + [row["prompt"] for row in load_set("red_team")]
+# a few short examples teach a LoRA a character within a few steps (each step is a full forward and
+# backward on CPU: keep them short)
+PROMPTS = [row["prompt"] for row in load_set("prompts")[:3]] + [row["prompt"] for row in load_set("red_team")[:3]]
 
 
 def test_wilson_interval_and_repetition_measure() -> None:
@@ -69,10 +71,9 @@ def test_an_adapter_pushed_far_from_the_reference_is_blocked_by_the_kl_gate(gate
 
 def test_a_rude_adapter_is_blocked_by_the_safety_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
-    rude = ["Shut up, you stupid idiot. What a damn dumb question.", "Who cares, moron? Figure it out yourself, dumbass.",
-            "That is a stupid question, you idiot. Go away.", "You are a worthless piece of crap. Shut up."]
-    rude_adapter = sft_adapter(prepared_model, root / "rude", [(p, rude[i % 4]) for i, p in enumerate(PROMPTS)],
-                               steps=30, learning_rate=2e-3)
+    rude = ["Shut up, you stupid idiot.", "Who cares, moron? Go away, dumbass.", "What a damn stupid question, idiot."]
+    rude_adapter = sft_adapter(prepared_model, root / "rude", [(p, rude[i % 3]) for i, p in enumerate(PROMPTS)],
+                               steps=15, learning_rate=3e-3)
     report = check(rude_adapter)
     safety = gate(report, "safety")
     assert not report["passed"] and not safety["passed"], safety
@@ -81,7 +82,7 @@ def test_a_rude_adapter_is_blocked_by_the_safety_gate(gate_env, prepared_model: 
 
 def test_an_adapter_that_repeats_itself_is_blocked_by_the_degeneration_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
-    loop = sft_adapter(prepared_model, root / "loop", [(p, "yes " * 40) for p in PROMPTS], steps=30, learning_rate=2e-3)
+    loop = sft_adapter(prepared_model, root / "loop", [(p, "yes " * 16) for p in PROMPTS], steps=15, learning_rate=3e-3)
     report = check(loop)
     degeneration = gate(report, "degeneration")
     assert not report["passed"] and not degeneration["passed"], degeneration
@@ -91,7 +92,7 @@ def test_an_adapter_that_repeats_itself_is_blocked_by_the_degeneration_gate(gate
 def test_a_good_candidate_passes_every_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
     # a light polish toward short, polite answers: close to the base model, still itself
-    polite = [(row["prompt"], row["answer"] + " I hope that helps!") for row in load_set("golden")]
+    polite = [(row["prompt"], row["answer"] + " I hope that helps!") for row in load_set("golden")[:6]]
     good = sft_adapter(prepared_model, root / "good", polite, steps=4, learning_rate=3e-4)
     report = check(good)
     assert report["passed"], [(g["name"], g["reason"]) for g in report["gates"] if not g["passed"]]

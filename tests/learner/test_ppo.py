@@ -27,7 +27,7 @@ def held_out_score(trainer: PPOTrainer, scorer, samples: int = 8) -> float:
     adapter = trainer.save_adapter(trainer.run_dir / "eval" / f"step-{trainer.step}")
     prompts = HELD_OUT * samples
     outputs = trainer.rollouts.generate([as_messages(p) for p in prompts], adapter=adapter,
-                                        adapter_id=50_000 + trainer.step, max_tokens=CONFIG.max_new_tokens,
+                                        max_tokens=CONFIG.max_new_tokens,
                                         temperature=1.0, seed=11)
     return scorer.score(prompts, [o.text for o in outputs]).mean().item()
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 FLAGS = ["--rm.epochs", "1", "--rm.batch_size", "8", "--rm.max_length", "48", "--ppo.steps", "2",
          "--ppo.batch_size", "4", "--ppo.minibatch_size", "4", "--ppo.ppo_epochs", "1", "--ppo.max_new_tokens", "16",
-         "--ppo.rollout_memory_share", "0.05"]
+         "--ppo.rollout_memory_share", "0.1"]
 
 
 def duel_events(count: int) -> list:
