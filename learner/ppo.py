@@ -21,6 +21,7 @@ from typing import Callable, Literal
 import structlog
 import torch
 import torch.distributed as dist
+from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -216,7 +217,7 @@ class PPOTrainer:
             self.rollouts = VLLMRollouts(self.base_model, max_model_len=1024, lora_rank=self.config.lora_rank,
                                          memory_share=self.config.rollout_memory_share, seed=self.config.seed)
         rng = random.Random(self.config.seed + self.step)
-        with Progress(disable=self.rank != 0) as progress:
+        with Progress(console=Console(stderr=True), disable=self.rank != 0) as progress:  # stdout: results only
             bar = progress.add_task("PPO", total=self.config.steps, completed=self.step)
             while self.step < self.config.steps:
                 row = self.train_step(rng.sample(prompts, min(self.config.batch_size, len(prompts))))

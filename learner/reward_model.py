@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from rich.progress import Progress
 
 from learner.dataset import FeedbackData, Pair, Pointwise, as_messages
@@ -132,7 +133,7 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
     steps_per_epoch = max(1, -(-max(len(pairs), len(pointwise)) // config.batch_size))
     history = []
     model.model.train()
-    with Progress(transient=True) as progress:
+    with Progress(console=Console(stderr=True), transient=True) as progress:
         bar = progress.add_task("reward model", total=config.epochs * steps_per_epoch)
         for _ in range(config.epochs):
             pairs_order, thumbs_order = rng.sample(pairs, len(pairs)), rng.sample(pointwise, len(pointwise))

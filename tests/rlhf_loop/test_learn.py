@@ -67,9 +67,10 @@ def test_learn_once_publishes_a_candidate_with_lineage(prepared_model: Path, tmp
     registry = Registry(home / "registry")
     assert registry.versions() == ["v0001"]
     meta = registry.meta("v0001")
-    assert meta["parent"] is None and meta["reward_model"] == report["reward_model"]
-    assert meta["data_window"]["pairs"] == 48 and meta["data_window"]["feedback_events"] == 48
-    assert meta["hyperparameters"]["ppo"]["steps"] == 2 and meta["hyperparameters"]["reward"]["epochs"] == 1
+    lineage = meta["lineage"]
+    assert lineage["parent"] is None and lineage["reward_model"] == report["reward_model"]
+    assert lineage["data_window"]["pairs"] == 48 and lineage["data_window"]["feedback_events"] == 48
+    assert lineage["hyperparameters"]["ppo"]["steps"] == 2 and lineage["hyperparameters"]["reward"]["epochs"] == 1
     assert (registry.version_path("v0001") / "adapter_model.safetensors").exists()
     gates = meta["gate_report"]
     assert [g["name"] for g in gates["gates"]] == ["weights", "kl", "win_rate", "safety", "capability", "degeneration"]
