@@ -40,7 +40,7 @@ def main() -> int:
     store = EventStore(settings.dataset_path)
     consumer = make_consumer(settings)
     log.info("learner.started", dataset=str(settings.dataset_path), stored=store.count(), group=settings.consumer_group)
-    registry = Registry(settings.registry_url, settings.home / "cache" / "registry")
+    registry = Registry.from_settings(settings)
     feedback_at_last_cycle, last_cycle_at = _feedback_count(store), time.monotonic()
     last_promotion_check = time.monotonic()
     cycle: subprocess.Popen | None = None
@@ -58,11 +58,8 @@ def main() -> int:
                 log.info("cycle.started", new_feedback=new_feedback, pid=cycle.pid)
             if time.monotonic() - last_promotion_check >= settings.promotion_check_s:
                 last_promotion_check = time.monotonic()
-                canary = registry.read_pointer().canary
                 try:
-                    if canary is not None:
-                        since = promotion.canary_started_at(registry, canary)
-                        promotion.check(registry, store.events(("thumb", "pairwise"), since), settings)
+                    promotion.check(registry, lambda since: store.events(("thumb", "pairwise"), since), settings)
                 except RegistryError as error:  # an operator moved the pointer meanwhile: decide again next time
                     log.warning("canary.check_refused", error=str(error))
     finally:

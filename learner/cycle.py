@@ -62,7 +62,7 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
         return CycleReport(None, "no reward model passed its held-out check", seconds=time.perf_counter() - started)
 
     # 2. PPO from the active adapter on logged prompts (plus the prompt file)
-    registry = Registry(settings.registry_url, settings.home / "cache" / "registry")
+    registry = Registry.from_settings(settings)
     parent = registry.read_pointer().active
     prompts = list(data.prompts)
     if settings.prompt_file is not None:
@@ -70,9 +70,8 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     random.Random(reward.seed).shuffle(prompts)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_dir = settings.learner_dir / "runs" / run_id
-    trainer = PPOTrainer(settings.model_dir, run_dir, ppo,
-                         score=lambda p, texts: scorer.score(p, texts),
-                         warm_start=registry.version_path(parent) if parent else None, rollouts=rollouts)
+    incumbent = registry.version_path(parent) if parent else None
+    trainer = PPOTrainer(settings.model_dir, run_dir, ppo, score=scorer.score, warm_start=incumbent, rollouts=rollouts)
     history = trainer.train(prompts)
     write_history(run_dir / "ppo_history.jsonl", history)
     adapter = trainer.save_adapter(run_dir / "candidate")
@@ -80,8 +79,7 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     del trainer  # free the policy before the gates load their own copy
 
     # 3. gates, against the incumbent (the active adapter, or the base model)
-    gate_report = run_gates(settings.model_dir, adapter, registry.version_path(parent) if parent else None,
-                            lambda p, texts: scorer.score(p, texts), rollouts, settings)
+    gate_report = run_gates(settings.model_dir, adapter, incumbent, scorer.score, rollouts, settings)
 
     # 4. publish the candidate with its lineage and gate report; if it passed, it starts as canary
     window = {"events_until": data.newest_event_at.isoformat() if data.newest_event_at else None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import structlog
 
@@ -113,14 +113,14 @@ def canary_started_at(registry: Registry, canary: str) -> datetime | None:
     return datetime.fromisoformat(starts[-1]) if starts else None
 
 
-def check(registry: Registry, events: list, settings: LearnerSettings) -> Decision | None:
-    """Apply the policy to the running canary (if any) on `events`; returns what was decided."""
+def check(registry: Registry, feedback_since: Callable[[datetime | None], list], settings: LearnerSettings
+          ) -> Decision | None:
+    """Apply the policy to the running canary (if any) on `feedback_since(canary start)`."""
     pointer = registry.read_pointer()
     if pointer.canary is None:
         return None
-    since = canary_started_at(registry, pointer.canary)
-    recent = [e for e in events if since is None or e.occurred_at >= since]
-    decision = decide(*live_stats(recent, pointer.canary, pointer.active), settings)
+    decision = decide(*live_stats(feedback_since(canary_started_at(registry, pointer.canary)), pointer.canary,
+                                  pointer.active), settings)
     if decision.action == "promote":
         registry.promote(pointer.canary, actor=ACTOR, reason=decision.reason)
     elif decision.action == "rollback":

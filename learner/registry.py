@@ -66,6 +66,11 @@ class Registry:
         self.local = isinstance(self.fs, LocalFileSystem)
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "rlhf-loop-registry-cache"
 
+    @classmethod
+    def from_settings(cls, settings) -> Registry:
+        """The registry a process's settings name (`RLHF_REGISTRY`), cached under RLHF_HOME."""
+        return cls(settings.registry_url, settings.home / "cache" / "registry")
+
     def _path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 

@@ -41,7 +41,7 @@ def main() -> int:
     if loaded is None:
         parser.error(f"no reward model under {args.reward_models}")
     scorer, _ = loaded
-    trainer = PPOTrainer(args.model, args.run_dir, ppo, score=lambda prompts, texts: scorer.score(prompts, texts),
+    trainer = PPOTrainer(args.model, args.run_dir, ppo, score=scorer.score,
                          warm_start=args.warm_start)
     history = trainer.train(load_prompt_file(args.prompts))
     if trainer.rank == 0:

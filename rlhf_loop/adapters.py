@@ -19,7 +19,7 @@ def _registry():
     from rlhf_loop.cli import _load
 
     settings = _load(RuntimeSettings)
-    return Registry(settings.registry_url, settings.home / "cache" / "registry")
+    return Registry.from_settings(settings)
 
 
 def _print_json(value) -> None:

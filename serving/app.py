@@ -91,7 +91,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.state.ready = False
     app.state.engine_failed = False
     app.state.token_signer = TokenSigner(settings.token_key(), settings.feedback_token_ttl_s)
-    app.state.registry = Registry(settings.registry_url, settings.home / "cache" / "registry")
+    app.state.registry = Registry.from_settings(settings)
     app.state.admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     app.state.authenticated_user = (
         (lambda request: request.headers.get(settings.user_header)) if settings.user_header else (lambda request: None)

@@ -6,9 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from feedback.events import PairwiseEvent, ThumbEvent
-from learner.promotion import LiveStats, check, decide, live_stats
+from learner.promotion import LiveStats, decide, live_stats
+from learner.promotion import check as check_with
 from learner.registry import Registry
 from learner.settings import LearnerSettings
+
+def check(registry: Registry, events: list, settings: LearnerSettings):
+    """The policy on these events, filtered the way the learner's store filters them."""
+    return check_with(registry, lambda since: [e for e in events if since is None or e.occurred_at >= since], settings)
+
 
 SETTINGS = LearnerSettings(_env_file=None, promotion_min_feedback=100, promotion_min_duels=20, promotion_margin=0.05,
                            rollback_min_feedback=20, rollback_margin=0.1)
