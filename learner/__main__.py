@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import structlog
 from prometheus_client import start_http_server
@@ -62,6 +63,9 @@ def main() -> int:
                     promotion.check(registry, lambda since: store.events(("thumb", "pairwise"), since), settings)
                 except RegistryError as error:  # an operator moved the pointer meanwhile: decide again next time
                     log.warning("canary.check_refused", error=str(error))
+                now = datetime.now(timezone.utc)
+                recent = store.events(("thumb", "pairwise"), now - timedelta(hours=24))
+                registry.write_stats(promotion.dashboard_stats(recent, now))
     finally:
         if cycle is not None and cycle.poll() is None:
             cycle.terminate()

@@ -88,6 +88,7 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
         "parent": parent, "data_window": window, "reward_model": rm_version,
         "reward_model_heldout": rm_report.heldout, "hyperparameters": {"ppo": asdict(ppo), "reward": asdict(reward)},
         "ppo_final": history[-1] if history else None, "run": str(run_dir),
+        "ppo_history": [{"step": row["step"], "reward": row["objective/scores"], "kl": row["objective/kl"]} for row in history],
     }, gate_report)
     canary = gate_report["passed"] and settings.canary_share > 0 and registry.read_pointer().canary is None
     if canary:

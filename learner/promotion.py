@@ -78,6 +78,31 @@ def live_stats(events: Iterable, canary: str, active: str | None) -> tuple[LiveS
     return stats[canary], stats[active]
 
 
+def dashboard_stats(events: Iterable, now: datetime) -> dict:
+    """What the operator dashboard plots: thumb-up rate and duel win rate per adapter ("base" for
+    none; duels count only between different versions, ties half) and rated events per minute."""
+    events = list(events)
+    adapters: dict[str, LiveStats] = {}
+    for thumb in latest_thumbs(events):
+        side = adapters.setdefault(thumb.adapter_version or "base", LiveStats())
+        side.thumbs += 1
+        side.down += thumb.rating == "down"
+    volume: dict[str, dict] = {}
+    for event in events:
+        minute = event.occurred_at.replace(second=0, microsecond=0).isoformat()
+        kind = "pairwise" if isinstance(event, PairwiseEvent) else "thumbs"
+        volume.setdefault(minute, {"at": minute, "thumbs": 0, "pairwise": 0})[kind] += 1
+        if kind == "thumbs" or event.choice == "both_bad" or event.adapter_version_a == event.adapter_version_b:
+            continue
+        for side, version in (("a", event.adapter_version_a), ("b", event.adapter_version_b)):
+            stats = adapters.setdefault(version or "base", LiveStats())
+            stats.duels += 1
+            stats.duel_wins += 1.0 if event.choice == side else 0.5 if event.choice == "tie" else 0.0
+    return {"updated_at": now.isoformat(), "volume": [volume[k] for k in sorted(volume)], "adapters": [
+        {"version": version, "thumbs": s.thumbs, "up_rate": s.up_rate, "duels": s.duels,
+         "duel_win_rate": s.duel_wins / s.duels if s.duels else None} for version, s in sorted(adapters.items())]}
+
+
 def difference_lower_bound(a: LiveStats, b: LiveStats, z: float = 1.96) -> float:
     """95% lower bound of up_rate(a) - up_rate(b) (Wald, on two independent proportions)."""
     if not a.thumbs or not b.thumbs:

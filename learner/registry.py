@@ -5,6 +5,7 @@ A light module (no torch): serving imports it to watch the pointer and for the a
     <root>/versions/<version>/   adapter weights + meta.json (lineage, gate report, created_at)
     <root>/pointer.json          {"active", "canary", "canary_share", "previous", "rejected", "updated_at"}
     <root>/audit.jsonl           one line per action: who, what, when, why, forced, before, after
+    <root>/stats.json            live feedback per adapter and volume over time, written by the learner
 
 `root` is a local directory or an fsspec URL (`s3://bucket/registry`, `gs://...`, `memory://...`).
 Versions are never overwritten (OpenPipe ART's step directories). Locally, publishing and pointer
@@ -176,6 +177,17 @@ class Registry:
         else:  # object stores cannot append: rewrite (one learner writes at a time, see the module doc)
             self._write(self._path("audit.jsonl"), "".join(json.dumps(row) + "\n" for row in self.audit()) + line)
         return pointer
+
+    # -- live statistics (the learner writes them; the admin API and dashboard read them) ------------
+    def write_stats(self, stats: dict[str, Any]) -> None:
+        self.fs.makedirs(self.root, exist_ok=True)
+        self._write(self._path("stats.json"), json.dumps(stats))
+
+    def read_stats(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.fs.cat_file(self._path("stats.json")))
+        except FileNotFoundError:
+            return {"updated_at": None, "adapters": [], "volume": []}
 
     @contextlib.contextmanager
     def _exclusive(self):

@@ -123,6 +123,12 @@ async def rollback(body: AdminAction, request: Request, actor: Operator) -> JSON
     return _act(request, "rollback", lambda r: r.rollback(actor=actor, reason=body.reason))
 
 
+@router.get("/stats")
+async def stats(request: Request, _: Operator) -> dict[str, Any]:
+    """Live thumb-up and duel win rates per adapter and feedback volume per minute (from the learner)."""
+    return _registry(request).read_stats()
+
+
 @router.get("/audit")
 async def audit(request: Request, _: Operator) -> dict[str, Any]:
     """The audit log, oldest first."""

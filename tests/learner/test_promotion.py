@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from feedback.events import PairwiseEvent, ThumbEvent
-from learner.promotion import LiveStats, decide, live_stats
+from learner.promotion import LiveStats, dashboard_stats, decide, live_stats
 from learner.promotion import check as check_with
 from learner.registry import Registry
 from learner.settings import LearnerSettings
@@ -40,6 +40,18 @@ def test_live_stats_count_latest_thumbs_per_version_and_duels_between_the_two() 
     assert (canary.thumbs, canary.down) == (4, 2)  # user-0 changed their mind: latest wins
     assert (active.thumbs, active.down) == (4, 2)
     assert (canary.duels, canary.duel_wins) == (4, 3.0)
+
+
+def test_dashboard_stats_per_adapter_and_per_minute() -> None:
+    events = [*thumbs("v2", 3, 1), *thumbs(None, 1, 1, "x"), *duels("v2", None, 3, 1),
+              PairwiseEvent(conversation_id="same", response_id_a="s:0", response_id_b="s:1", adapter_version_a="v2",
+                            adapter_version_b="v2", user_id="u", choice="a")]  # one version against itself: volume only
+    stats = dashboard_stats(events, events[-1].occurred_at)
+    by_version = {row["version"]: row for row in stats["adapters"]}
+    assert by_version["v2"] == {"version": "v2", "thumbs": 4, "up_rate": 0.75, "duels": 4, "duel_win_rate": 0.75}
+    assert by_version["base"] == {"version": "base", "thumbs": 2, "up_rate": 0.5, "duels": 4, "duel_win_rate": 0.25}
+    assert sum(m["thumbs"] for m in stats["volume"]) == 6 and sum(m["pairwise"] for m in stats["volume"]) == 5
+    assert [m["at"] for m in stats["volume"]] == sorted(m["at"] for m in stats["volume"])
 
 
 def test_decisions() -> None:

@@ -47,7 +47,7 @@ def metric(client: TestClient, line_start: str) -> float:
 ])
 def test_without_the_operator_token_nothing_moves(admin, headers: dict, status: int) -> None:
     client, registry = admin
-    for method, path, body in [("get", "/admin/v1/adapters", None),
+    for method, path, body in [("get", "/admin/v1/adapters", None), ("get", "/admin/v1/stats", None),
                                ("post", "/admin/v1/adapters/v0001/promote", {"reason": "x"}),
                                ("post", "/admin/v1/rollback", {"reason": "x"})]:
         reply = client.request(method, path, json=body, headers=headers)
@@ -86,3 +86,12 @@ def test_operator_promotes_is_refused_a_failed_candidate_unless_forced_and_rolls
         ("promote", "operator:alice", False), ("canary", "operator:admin-api", True), ("rollback", "operator:admin-api", False)]
     assert metric(client, 'rlhf_admin_actions_total{action="promote",outcome="done"}') == done_before + 1
     assert metric(client, 'rlhf_admin_actions_total{action="canary",outcome="refused"}') >= 1
+
+
+def test_stats_are_what_the_learner_last_wrote(admin) -> None:
+    client, registry = admin
+    assert client.get("/admin/v1/stats", headers=OPERATOR).json() == {"updated_at": None, "adapters": [], "volume": []}
+    written = {"updated_at": "2026-11-23T10:00:00+00:00", "volume": [{"at": "2026-11-23T09:59:00+00:00", "thumbs": 3, "pairwise": 1}],
+               "adapters": [{"version": "base", "thumbs": 3, "up_rate": 2 / 3, "duels": 1, "duel_win_rate": 0.0}]}
+    registry.write_stats(written)
+    assert client.get("/admin/v1/stats", headers=OPERATOR).json() == written
