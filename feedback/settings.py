@@ -19,6 +19,18 @@ def _default_home() -> Path:
     return Path.home() / ".cache" / "rlhf-loop"
 
 
+def readable_model_dir(value: Path | None) -> Path | None:
+    """A local Hugging Face model directory, or a clear error (settings validators use it)."""
+    if value is None:
+        return None
+    value = value.expanduser()
+    if not value.is_dir():
+        raise ValueError(f"{value} is not a directory")
+    if not os.access(value, os.R_OK | os.X_OK) or not os.access(value / "config.json", os.R_OK):
+        raise ValueError(f"{value} is not a readable Hugging Face model directory (no readable config.json)")
+    return value
+
+
 class RuntimeSettings(BaseSettings):
     """Shared by serving, learner and the `rlhf-loop` command."""
 
@@ -59,14 +71,7 @@ class RuntimeSettings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _model_is_a_readable_hf_directory(cls, value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        value = value.expanduser()
-        if not value.is_dir():
-            raise ValueError(f"{value} is not a directory")
-        if not os.access(value, os.R_OK | os.X_OK) or not os.access(value / "config.json", os.R_OK):
-            raise ValueError(f"{value} is not a readable Hugging Face model directory (no readable config.json)")
-        return value
+        return readable_model_dir(value)
 
     @property
     def model_dir(self) -> Path:
