@@ -59,6 +59,8 @@ bench: install $(BENCH_STAMP) $(PEER_VENV)/.installed
 	$(BIN)/python -m tests.bench.reward
 	$(BIN)/python -m tests.bench.ppo
 	$(BIN)/python -m tests.bench.rollout
+	$(BIN)/python -m tests.bench.hotswap
+	$(BIN)/python -m tests.bench.report
 
 docs: install
 	$(BIN)/rlhf-loop config --write-readme README.md
