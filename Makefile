@@ -34,7 +34,16 @@ endif
 up: install
 	$(BIN)/rlhf-loop up --port $(PORT)
 
-test: install
+# The browser tests (tests/ui) drive Debian's headless Chromium through its chromedriver.
+BROWSER_STAMP := $(VENV)/.installed-browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(BROWSER_STAMP): | $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
+	touch $@
+
+test: install $(BROWSER_STAMP)
 	$(BIN)/python -m pytest
 
 # Each benchmark runs its peer in the same run on this machine and writes bench/results/<name>.json.

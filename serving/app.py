@@ -32,6 +32,7 @@ from serving.metrics import ENGINE_READY, RequestMetrics
 from serving.protocol import ChatRequest, DuelResponse
 from serving.settings import ServingSettings
 from serving.tokens import TokenSigner
+from serving.ui import install_ui
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +99,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     )
     app.include_router(feedback_router)
     install_admin(app)
+    install_ui(app)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
 
