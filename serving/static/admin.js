@@ -5,7 +5,12 @@
 const $ = (selector, root = document) => root.querySelector(selector);
 const TOKEN_KEY = "rlhf-admin.token";
 const CHART_VERSIONS = 12;   // the across-versions charts show the newest this many
-let state = {pointer: null, versions: [], metas: new Map(), selected: null};
+let pointer = null;          // {active, canary, canary_share, previous, rejected}
+let summaries = [];          // one per version, oldest first: {version, role, gates, parent, created_at}
+let selected = null;         // the version whose details are shown
+// Versions are immutable, so each one's meta (lineage, gate report) is fetched once per page; roles
+// change, and come from the summaries that every load reads afresh.
+const metas = new Map();
 
 function html(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);
@@ -49,10 +54,10 @@ async function load() {
   }
   try {
     const [adapters, audit] = await Promise.all([api("/adapters"), api("/audit")]);
-    const metas = await Promise.all(adapters.data.map((summary) => api("/adapters/" + encodeURIComponent(summary.version))));
-    state = {...state, pointer: adapters.pointer, versions: adapters.data,
-             metas: new Map(metas.map((meta) => [meta.version, meta]))};
-    if (!state.metas.has(state.selected)) state.selected = adapters.pointer.canary ?? adapters.pointer.active ?? null;
+    ({pointer, data: summaries} = adapters);
+    if (!summaryOf(selected)) selected = pointer.canary ?? pointer.active ?? null;
+    const charted = summaries.slice(-CHART_VERSIONS).map((summary) => summary.version);
+    await Promise.all([...charted, selected].filter(Boolean).map(metaOf));
     say("");
     $("main").hidden = false;
     renderPointer();
@@ -62,8 +67,27 @@ async function load() {
     renderAudit(audit.data);
     await loadStats();
   } catch (error) {
+    $("main").hidden = true;  // rather nothing than figures that may be stale
     say("Could not load: " + error.message, true);
   }
+}
+
+const summaryOf = (version) => summaries.find((summary) => summary.version === version);
+
+async function metaOf(version) {
+  if (!metas.has(version)) metas.set(version, await api("/adapters/" + encodeURIComponent(version)));
+  return metas.get(version);
+}
+
+async function select(version) {
+  try {
+    await metaOf(version);
+  } catch (error) {
+    return say(`Could not load ${version}: ${error.message}`, true);
+  }
+  selected = version;
+  renderLineage();
+  renderDetail();
 }
 
 async function loadStats() {
@@ -76,7 +100,7 @@ async function loadStats() {
 
 // -- rendering ----------------------------------------------------------------------------------------
 function renderPointer() {
-  const p = state.pointer;
+  const p = pointer;
   const parts = [`active: ${p.active ?? "base model"}`,
                  p.canary ? `canary: ${p.canary} (${Math.round(p.canary_share * 100)}% of users)` : "no canary",
                  `previous: ${p.previous ?? "—"}`];
@@ -90,20 +114,16 @@ function renderPointer() {
 
 // Versions as a tree by their parent links; a version without a (known) parent hangs off the base model.
 function renderLineage() {
-  const known = new Set(state.versions.map((v) => v.version));
+  const known = new Set(summaries.map((summary) => summary.version));
   const children = new Map();
-  for (const summary of state.versions) {
+  for (const summary of summaries) {
     const parent = known.has(summary.parent) ? summary.parent : "base";
     children.set(parent, [...(children.get(parent) ?? []), summary]);
   }
   const branch = (parent) => html("ul", {}, ...(children.get(parent) ?? []).map((summary) => {
     const button = html("button", {type: "button", class: "version", "data-version": summary.version,
-                                   "aria-pressed": String(summary.version === state.selected)}, summary.version);
-    button.addEventListener("click", () => {
-      state.selected = summary.version;
-      renderLineage();
-      renderDetail();
-    });
+                                   "aria-pressed": String(summary.version === selected)}, summary.version);
+    button.addEventListener("click", () => select(summary.version));
     const item = html("li", {"data-version": summary.version, "data-role": summary.role}, button);
     if (summary.role) item.append(badge(summary.role));
     item.append(badge(summary.gates), " ", html("small", {}, summary.created_at.slice(0, 16).replace("T", " ")));
@@ -111,9 +131,9 @@ function renderLineage() {
     return item;
   }));
   const root = html("li", {}, html("strong", {}, "base model"));
-  if (!state.pointer.active) root.append(badge("active"));
+  if (!pointer.active) root.append(badge("active"));
   root.append(branch("base"));
-  $("#lineage").replaceChildren(state.versions.length ? html("ul", {}, root) : empty("No adapter published yet."));
+  $("#lineage").replaceChildren(summaries.length ? html("ul", {}, root) : empty("No adapter published yet."));
 }
 
 function figures(values) {
@@ -126,14 +146,14 @@ function figures(values) {
 }
 
 function renderDetail() {
-  const meta = state.metas.get(state.selected);
-  if (!meta) {
+  const meta = metas.get(selected), summary = summaryOf(selected);
+  if (!meta || !summary) {
     $("#detail-title").textContent = "Select a version";
     $("#detail").replaceChildren();
     return;
   }
   const lineage = meta.lineage;
-  $("#detail-title").replaceChildren(meta.version, ...(meta.role ? [badge(meta.role)] : []), badge(meta.gates));
+  $("#detail-title").replaceChildren(meta.version, ...(summary.role ? [badge(summary.role)] : []), badge(summary.gates));
   const dataWindow = lineage.data_window;
   const facts = html("table", {class: "facts"}, ...[
     ["parent", lineage.parent ?? "base model"],
@@ -142,7 +162,7 @@ function renderDetail() {
     ["reward model held-out", lineage.reward_model_heldout ? figures(lineage.reward_model_heldout) : "—"],
     ["data window", dataWindow ? figures(dataWindow) : "—"],
   ].map(([name, value]) => html("tr", {}, html("th", {}, name), html("td", {}, String(value)))));
-  $("#detail").replaceChildren(facts, actions(meta), gateReport(meta.gate_report), ppoPlots(lineage.ppo_history));
+  $("#detail").replaceChildren(facts, actions(summary), gateReport(meta.gate_report), ppoPlots(lineage.ppo_history));
 }
 
 function gateReport(report) {
@@ -168,23 +188,23 @@ function ppoPlots(history) {
                                    figure("kl", "KL to the reference per PPO step")));
 }
 
-function actions(meta) {
-  const force = meta.gates !== "passed" || meta.role === "rejected";  // the API refuses these unless forced
-  const promote = html("button", {type: "button", id: "promote"}, `Promote ${meta.version}…`);
-  const canary = html("button", {type: "button", id: "canary"}, `Canary ${meta.version}…`);
-  promote.disabled = meta.role === "active";
-  canary.disabled = meta.role === "active" || meta.role === "canary";
+function actions({version, gates, role}) {
+  const force = gates !== "passed" || pointer.rejected.includes(version);  // the API refuses these unless forced
+  const promote = html("button", {type: "button", id: "promote"}, `Promote ${version}…`);
+  const canary = html("button", {type: "button", id: "canary"}, `Canary ${version}…`);
+  promote.disabled = role === "active";
+  canary.disabled = role === "active" || role === "canary";
   promote.addEventListener("click", () => act(
-    `Promote ${meta.version}?`, `${meta.version} will serve everyone; ${state.pointer.active ?? "the base model"} becomes previous.`,
-    `/adapters/${encodeURIComponent(meta.version)}/promote`, {force}));
+    `Promote ${version}?`, `${version} will serve everyone; ${pointer.active ?? "the base model"} becomes previous.`,
+    `/adapters/${encodeURIComponent(version)}/promote`, {force}));
   canary.addEventListener("click", () => act(
-    `Canary ${meta.version}?`, `${meta.version} will serve the chosen share of users, sticky per user.`,
-    `/adapters/${encodeURIComponent(meta.version)}/canary`, {share: true, force}));
+    `Canary ${version}?`, `${version} will serve the chosen share of users, sticky per user.`,
+    `/adapters/${encodeURIComponent(version)}/canary`, {share: true, force}));
   return html("div", {class: "actions"}, promote, canary);
 }
 
 function renderRewardModelChart() {
-  const versions = state.versions.slice(-CHART_VERSIONS).map((v) => state.metas.get(v.version));
+  const versions = summaries.slice(-CHART_VERSIONS).map((summary) => metas.get(summary.version));
   const measured = versions.filter((meta) => meta.lineage.reward_model_heldout);
   const figure = $("#rm-chart");
   figure.querySelector("svg, .empty")?.remove();
@@ -206,13 +226,25 @@ function renderStats(stats) {
     {name: "thumb-up rate", values: stats.adapters.map((a) => (a.thumbs ? a.up_rate : null))},
     {name: "duel win rate", values: stats.adapters.map((a) => a.duel_win_rate)},
   ], {guide: 0.5}) : empty("No feedback counted yet."));
-  const minute = (iso) => Date.parse(iso);
   const clock = (ms) => new Date(ms).toISOString().slice(11, 16);
-  volume.prepend(stats.volume.length ? linePlot([
-    {name: "thumbs", points: stats.volume.map((v) => ({x: minute(v.at), y: v.thumbs}))},
-    {name: "pairwise", points: stats.volume.map((v) => ({x: minute(v.at), y: v.pairwise}))},
+  const minutes = everyMinute(stats.volume);
+  volume.prepend(minutes.length ? linePlot([
+    {name: "thumbs", points: minutes.map((m) => ({x: m.at, y: m.thumbs}))},
+    {name: "pairwise", points: minutes.map((m) => ({x: m.at, y: m.pairwise}))},
   ], clock) : empty("No feedback counted yet."));
   $("#stats-updated").textContent = stats.updated_at ? `Live figures written by the learner at ${stats.updated_at}` : "";
+}
+
+// The learner lists only the minutes that had feedback (over its last 24 h): a quiet minute is a
+// zero, not a gap for the line to draw across.
+function everyMinute(volume) {
+  const counts = new Map(volume.map((bucket) => [Date.parse(bucket.at), bucket]));
+  const times = [...counts.keys()];
+  const minutes = [];
+  for (let at = Math.min(...times); at <= Math.max(...times); at += 60_000) {
+    minutes.push({thumbs: 0, pairwise: 0, ...counts.get(at), at});
+  }
+  return minutes;
 }
 
 function renderAudit(entries) {
@@ -251,7 +283,7 @@ async function act(question, consequence, path, options) {
 }
 
 $("#rollback").addEventListener("click", () => {
-  const p = state.pointer;
+  const p = pointer;
   act("Roll back?", p.canary ? `The canary ${p.canary} stops serving; everyone goes to ${p.active ?? "the base model"}.`
                              : `${p.previous ?? "The base model"} serves everyone again instead of ${p.active}.`, "/rollback");
 });
@@ -263,6 +295,7 @@ $("#login").addEventListener("submit", (event) => {
 });
 $("#forget").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
+  metas.clear();
   load();
 });
 $("#refresh").addEventListener("click", load);

@@ -50,6 +50,7 @@ function linePlot(series, xFormat = formatNumber) {
   series.forEach((each, i) => {
     svg.append(svgElement("polyline", {class: `s${i}`, "data-series": each.name,
                                        points: each.points.map((p) => `${x(p.x)},${y(p.y)}`).join(" ")}));
+    if (each.points.length > 240) return;  // a day of minutes: the line alone, not 1440 hover dots
     for (const p of each.points) {
       const dot = svgElement("circle", {class: `s${i}`, cx: x(p.x), cy: y(p.y), r: 2.5});
       dot.append(svgElement("title", {}, `${each.name} at ${xFormat(p.x)}: ${formatNumber(p.y)}`));
