@@ -10,7 +10,7 @@ PORT ?= 8000
 ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: install up test bench docs clean
+.PHONY: install up demo test bench docs clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ endif
 
 up: install
 	$(BIN)/rlhf-loop up --port $(PORT)
+
+# The loop closed on this machine: simulated users chat and rate until the preference-score gain
+# after the first promotion is tested (at most RLHF_SIMULATE_MAX_MINUTES); the report feeds `make bench`.
+USERS ?= 8
+demo: install
+	$(BIN)/rlhf-loop up --port $(PORT) --simulate-users $(USERS) --until-proven --report bench/results/loop.json
 
 # The browser tests (tests/ui) drive Debian's headless Chromium through its chromedriver.
 BROWSER_STAMP := $(VENV)/.installed-browser

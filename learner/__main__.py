@@ -19,6 +19,8 @@ from prometheus_client import start_http_server
 from feedback.logs import configure_logging
 from learner import promotion
 from learner.cycle import due
+from learner.ppo import PPOConfig
+from learner.reward_model import RewardConfig
 from learner.ingest import EventStore, ingest_once, make_consumer
 from learner.registry import Registry, RegistryError
 from learner.settings import LearnerSettings
@@ -33,6 +35,11 @@ def _feedback_count(store: EventStore) -> int:
 def main() -> int:
     settings = LearnerSettings()
     configure_logging("learner")
+    try:  # a cycle would fail on these much later: refuse them at start
+        PPOConfig(**settings.ppo), RewardConfig(**settings.reward)
+    except TypeError as error:
+        log.error("learner.bad_hyperparameters", error=str(error), ppo=settings.ppo, reward=settings.reward)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -109,12 +109,13 @@ def due(new_feedback: int, seconds_since_last: float, settings: LearnerSettings)
     )
 
 
-if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with default hyperparameters (vLLM spawns)
+if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with RLHF_PPO / RLHF_REWARD hyperparameters (vLLM spawns)
     import dataclasses
     import sys
 
     from feedback.logs import configure_logging
 
     configure_logging("learner-cycle")
-    print(json.dumps(dataclasses.asdict(run_cycle(LearnerSettings(), PPOConfig(), RewardConfig()))))
+    settings = LearnerSettings()
+    print(json.dumps(dataclasses.asdict(run_cycle(settings, PPOConfig(**settings.ppo), RewardConfig(**settings.reward)))))
     sys.exit(0)

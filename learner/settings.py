@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -31,6 +32,14 @@ class LearnerSettings(RuntimeSettings):
     )
     max_examples_per_user: int = Field(default=200, ge=1, description="Per-user cap on examples in one refresh.")
     prompt_file: Path | None = Field(default=None, description="Extra PPO prompts: JSON Lines of {\"prompt\": ...}.")
+    ppo: dict[str, Any] = Field(
+        default_factory=dict, description="PPO hyperparameters of the learner's cycles, as JSON over the defaults of "
+                                          "learner.ppo.PPOConfig (e.g. {\"steps\": 10}).",
+    )
+    reward: dict[str, Any] = Field(
+        default_factory=dict, description="Reward-model hyperparameters of the learner's cycles, as JSON over "
+                                          "learner.reward_model.RewardConfig (e.g. {\"epochs\": 1}).",
+    )
 
 
     # gates: every candidate is checked against these before it may serve (learner/gates.py)

@@ -30,10 +30,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     from feedback.broker import BrokerError, port_is_free
     from feedback.logs import configure_logging
     from rlhf_loop.model import ModelPreparationError
+    from rlhf_loop.simulation import SimulationSettings
     from rlhf_loop.supervisor import Supervisor
-    from serving.settings import ServingSettings
 
-    settings = _load(ServingSettings, port=args.port)
+    settings = _load(SimulationSettings, port=args.port, simulate_users=args.simulate_users,
+                     simulate_until_proven=args.until_proven or None,
+                     simulate_report=args.report.resolve() if args.report else None)
     configure_logging("supervisor")
     if not port_is_free(settings.host, settings.port):
         return _fail(f"port {settings.port} is already in use: pass --port with a free port (or set RLHF_PORT)")
@@ -186,6 +188,11 @@ def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run broker (embedded unless Kafka is configured), serving and learner")
     up.add_argument("--port", type=int, help="port of the chat API (default: RLHF_PORT, else 8000)")
+    up.add_argument("--simulate-users", type=int, metavar="N", help="also run N simulated users who chat and rate by "
+                    "a preference plugin (RLHF_SIMULATE_PREFERENCE); they report whether the loop raised their score")
+    up.add_argument("--until-proven", action="store_true", help="with --simulate-users: stop everything once the "
+                    "score gain after the first promotion is tested (or after RLHF_SIMULATE_MAX_MINUTES)")
+    up.add_argument("--report", type=Path, help="with --simulate-users: where to write the simulation report (JSON)")
     up.set_defaults(func=cmd_up)
 
     model = commands.add_parser("model", help="the base model").add_subparsers(dest="model_command", required=True)

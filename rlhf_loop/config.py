@@ -9,12 +9,14 @@ from pydantic_settings import BaseSettings
 
 from feedback.settings import RuntimeSettings
 from learner.settings import LearnerSettings
+from rlhf_loop.simulation import SimulationSettings
 from serving.settings import ServingSettings
 
 SETTINGS_CLASSES: list[tuple[str, type[BaseSettings]]] = [
     ("all", RuntimeSettings),
     ("serving", ServingSettings),
     ("learner", LearnerSettings),
+    ("simulation", SimulationSettings),
 ]
 README_START, README_END = "<!-- settings:start -->", "<!-- settings:end -->"
 

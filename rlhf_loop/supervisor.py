@@ -49,6 +49,7 @@ class Child:
     name: str
     start: Callable[[], subprocess.Popen]
     on_start: Callable[[], None] = lambda: None
+    done_stops_all: bool = False  # exiting with 0 means its work is done: stop everything (not a crash)
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     restart_at: float | None = None
@@ -129,6 +130,11 @@ class Supervisor:
         env = self.child_env()
         self.children.append(Child("learner", python_module("learner", env)))
         self.children.append(Child("serving", python_module("serving", env)))
+        if getattr(self.settings, "simulate_users", 0):  # `up --simulate-users N`: SimulationSettings
+            env = {**env, "RLHF_SIMULATE_METRICS_PORT": env.get("RLHF_SIMULATE_METRICS_PORT", str(self.settings.port + 2)),
+                   **{f"RLHF_{name.upper()}": str(value) for name, value in self.settings.model_dump().items()
+                      if name.startswith("simulate_") and value is not None}}
+            self.children.append(Child("simulation", python_module("rlhf_loop.simulation", env), done_stops_all=True))
 
     def run(self) -> int:
         self.build_children()
@@ -147,6 +153,10 @@ class Supervisor:
         now = time.monotonic()
         for child in self.children:
             code = child.process.poll() if child.process else None
+            if child.restart_at is None and code == 0 and child.done_stops_all:
+                log.info("child.done", child=child.name)
+                self.stopping.set()
+                return
             if child.restart_at is None and code is not None:
                 delay = child.backoff.next_delay(now - child.started_at)
                 child.restart_at = now + delay
