@@ -5,9 +5,10 @@ and load. Writes bench/results/hotswap.json.
 
     python -m tests.bench.hotswap [--concurrency 4] [--max-tokens 16] [--moves 5] [--no-peer]
 
-Both servers run at the same time, each under its own identical load, and their moves alternate
-(peer first in even rounds, ours first in odd ones): on a shared machine whose other jobs come and
-go, that puts both sides under the same noise, which running them one after the other did not.
+Both servers run at the same time, each under its own identical load and (CPU engines) with its
+engine bound to its own core, and their moves alternate (peer first in even rounds, ours first in
+odd ones): on a shared machine whose other jobs come and go, that puts both sides under the same
+noise, which running them one after the other did not. `--cores 1,0` swaps the cores.
 
 Per move, on both sides:
 - time to serve: from the start of the move (our admin call; the peer's load call) until the first
@@ -273,8 +274,11 @@ def main() -> int:
     parser.add_argument("--swap-window", type=float, default=5.0, help="seconds after a move counted as its swap window")
     parser.add_argument("--gap", type=float, default=8.0, help="seconds from one move to the next (either server)")
     parser.add_argument("--memory-share", type=float, default=0.1, help="RLHF_GPU_MEMORY_UTILIZATION (share of RAM on CPU)")
+    parser.add_argument("--cores", default="0,1", help="CPU engines only: the core each engine's threads are bound to, "
+                        "ours,peer (VLLM_CPU_OMP_THREADS_BIND); empty: vLLM's default, which binds both to the same core")
     parser.add_argument("--no-peer", action="store_true", help="skip vLLM's runtime LoRA loading (no speed claim then)")
     args = parser.parse_args()
+    cores = dict(zip(("ours", "peer"), args.cores.split(","))) if args.cores else {}
 
     home = Path(tempfile.mkdtemp(prefix="rlhf-bench-hotswap-"))
     base = RuntimeSettings()
@@ -296,11 +300,15 @@ def main() -> int:
 
         ours = Side("ours", f"http://127.0.0.1:{ours_port}", settings.served_model_name, lambda r: r["adapter_version"])
         peer = Side("peer", f"http://127.0.0.1:{peer_port}", "peer-0", lambda r: r["model"])
-        servers = {"ours": Server([sys.executable, "-m", "serving"], env, home / "ours.log")}
+        # vLLM's CPU default binds every engine to core 0 (keeping core 1 for the rest): two engines
+        # there would fight over one core, whichever got it first winning; each gets its own instead
+        bind = {side: {"VLLM_CPU_OMP_THREADS_BIND": core} for side, core in cores.items()}
+        servers = {"ours": Server([sys.executable, "-m", "serving"], {**env, **bind.get("ours", {})}, home / "ours.log")}
         if not args.no_peer:
             peer_argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine_cli_args(settings),
                          "--port", str(peer_port)]
-            servers["peer"] = Server(peer_argv, {**env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}, home / "peer.log")
+            servers["peer"] = Server(peer_argv, {**env, **bind.get("peer", {}), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
+                                     home / "peer.log")
         try:
             started = time.perf_counter()
             servers["ours"].wait_ready(ours.base_url + "/readyz")
@@ -356,14 +364,16 @@ def main() -> int:
         "settings": {"concurrency": args.concurrency, "max_tokens": args.max_tokens, "moves": args.moves,
                      "steady_s": args.steady, "swap_window_s": args.swap_window, "gap_s": args.gap,
                      "adapter": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "init": "random"},
-                     "adapter_poll_s": settings.adapter_poll_s, "design": "both servers at once, moves alternating"},
+                     "adapter_poll_s": settings.adapter_poll_s, "engine_cores": cores or "vLLM default",
+                     "design": "ours alone" if args.no_peer else "both servers at once, moves alternating"},
         "ours": result_ours, "peer": result_peer,
         "time_to_serve_ratio_peer_over_ours": ratio,
         "ratio_definition": "peer median time to serve / our median time to serve; > 1: ours faster",
         "failures_total": failures,
         "load_average_1_5_15": load_average,
-        "note": ("2 CPU cores shared with other engineers' jobs: timings are noisy (see load_average_1_5_15). Both "
-                 "servers ran at the same time, so each also slowed the other. Ours' time to serve includes the "
+        "note": ("2 CPU cores shared with other engineers' jobs: timings are noisy (see load_average_1_5_15). "
+                 + ("" if args.no_peer else "Both servers ran at the same time, so each also slowed the other. ")
+                 + "Ours' time to serve includes the "
                  "pointer poll interval (adapter_poll_s) and the admin API call; the peer's starts at its load call. "
                  "A rollback reloads the previous adapter from the registry (it was unloaded once drained)."),
     })

@@ -201,7 +201,8 @@ def hotswap(r: dict, out: Path) -> list[str]:
                      f"{side['failures']} of {side['requests']}"])
     lines = [
         f"{s['concurrency']} chat clients per server back to back ({s['max_tokens'] // 2}–{s['max_tokens'] * 3 // 2} "
-        f"tokens each) plus a 1-token probe; {len(moves)} moves per server ({s['design']}), {s['gap_s']:.0f} s apart; "
+        f"tokens each) plus a 1-token probe; {len(moves)} moves per server ({s['design']}; engine cores: "
+        f"{s['engine_cores']}), {s['gap_s']:.0f} s apart; "
         f"swap window: the {s['swap_window_s']:.0f} s after each move; steady: {ours['steady_window']['definition']} "
         f"(a window of {ours['steady_window']['seconds']:.0f} s before the first move).",
         "",
@@ -217,7 +218,7 @@ def hotswap(r: dict, out: Path) -> list[str]:
         lines.append(f"Time to serve, peer ÷ ours: **{r['time_to_serve_ratio_peer_over_ours']:.2f}** "
                      f"({r['ratio_definition']}).")
     else:
-        lines.append(f"**No peer was run**: {peer.get('note', 'no peer figures')}; no speed claim.")
+        lines.append("**No peer was run** in this run: no speed claim.")
     lines += ["", f"Note from the run: {r['note']}", "", save(fig, out, "hotswap.png")]
     return lines
 
