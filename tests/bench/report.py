@@ -44,8 +44,8 @@ def fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.3g}"
-    return str(value)
+        return f"{value:.{digits}f}" if 0.01 <= abs(value) < 1e5 or value == 0 else f"{value:.3g}"
+    return str(value).replace("|", "\\|")  # a pipe would end the table cell
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
@@ -55,9 +55,11 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def provenance(result: dict) -> str:
-    machine = result.get("machine", {})  # loop.json comes from another tool and may not say
-    where = f"{machine['cpus']} CPUs, {machine['platform']}" if machine else "machine not recorded"
-    return f"*Run {result.get('at', 'at an unrecorded time')} on {where}.*"
+    # loop.json comes from `rlhf-loop up --simulate-users`, not from tests.bench.common: it may not say
+    machine = result.get("machine", {})
+    where = f"{machine['cpus']} CPUs, {machine['platform']}" if machine else "a machine it does not record"
+    at = result.get("at") or result.get("started_at") or "at an unrecorded time"
+    return f"*Run {at} on {where}.*"
 
 
 def ratio_bars(ax, labels: tuple[str, str], values: tuple[float, float], unit: str, title: str, ratio_text: str) -> None:
@@ -318,7 +320,13 @@ def rollout(r: dict, out: Path) -> list[str]:
 def loop(r: dict, out: Path) -> list[str]:
     """Whatever the closed-loop demo wrote: its scalar figures as a table, its events as a timeline."""
     scalars = flatten({k: v for k, v in r.items() if k not in ("events", "benchmark", "at", "machine")})
-    lines = [table(["key", "value"], [[f"`{k}`", v] for k, v in scalars.items()]), ""]
+    milestones = [(k, v) for k, v in scalars.items() if k.startswith("feedback_to_")]
+    lines = []
+    if milestones:
+        lines += ["From the first rating: " + ", ".join(
+            f"{k.removeprefix('feedback_to_').removesuffix('_s')} **{'not reached' if v is None else f'{v:.1f} s'}**"
+            for k, v in milestones) + ".", ""]
+    lines += [table(["key", "value"], [[f"`{k}`", v] for k, v in scalars.items()]), ""]
     events = r.get("events")
     if isinstance(events, list) and events and all(isinstance(e, dict) and "t_s" in e and "event" in e for e in events):
         events = sorted(events, key=lambda e: e["t_s"])
