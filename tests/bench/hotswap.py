@@ -125,8 +125,8 @@ def latency_summary(samples: list[Sample]) -> dict:
             "latency_p95_s": percentile(latencies, 0.95), "latency_max_s": max(latencies)}
 
 
-async def one_move(side: Side, number: int, description: str, move: Move, swap_window_s: float,
-                   serve_timeout_s: float) -> float:
+async def one_move(side: Side, number: int, description: str, move: Move, serve_timeout_s: float) -> float:
+    """Make the move, then wait for the first response by the new version; returns when it started."""
     started = time.perf_counter()
     version = await move()
     move_call_s = time.perf_counter() - started
@@ -156,7 +156,7 @@ async def run(sides: list[Side], concurrency: int, max_tokens: int, *, steady_s:
             order = sides if round_index % 2 == 0 else sides[::-1]
             for side in order:
                 description, move = side.moves[round_index]
-                started = await one_move(side, round_index + 1, description, move, swap_window_s, serve_timeout_s)
+                started = await one_move(side, round_index + 1, description, move, serve_timeout_s)
                 await asyncio.sleep(max(0.0, started + gap_s - time.perf_counter()))
         await asyncio.sleep(swap_window_s)
         stop.set()

@@ -201,10 +201,12 @@ def hotswap(r: dict, out: Path) -> list[str]:
                      side["steady_window"]["latency_p50_s"], side["steady_window"]["latency_p95_s"],
                      side["swap_windows"]["latency_p50_s"], side["swap_windows"]["latency_p95_s"],
                      f"{side['failures']} of {side['requests']}"])
+    cores = s["engine_cores"]  # {"ours": "0", "peer": "1"}, or a sentence when vLLM chose
+    cores = ", ".join(f"core {core} ({side})" for side, core in cores.items()) if isinstance(cores, dict) else cores
     lines = [
         f"{s['concurrency']} chat clients per server back to back ({s['max_tokens'] // 2}–{s['max_tokens'] * 3 // 2} "
-        f"tokens each) plus a 1-token probe; {len(moves)} moves per server ({s['design']}; engine cores: "
-        f"{s['engine_cores']}), {s['gap_s']:.0f} s apart; "
+        f"tokens each) plus a 1-token probe; {len(moves)} moves per server ({s['design']}; engines bound to "
+        f"{cores}), {s['gap_s']:.0f} s apart; "
         f"swap window: the {s['swap_window_s']:.0f} s after each move; steady: {ours['steady_window']['definition']} "
         f"(a window of {ours['steady_window']['seconds']:.0f} s before the first move).",
         "",
