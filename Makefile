@@ -36,9 +36,13 @@ up: install
 
 # The loop closed on this machine: simulated users chat and rate until the preference-score gain
 # after the first promotion is tested (at most RLHF_SIMULATE_MAX_MINUTES); the report feeds `make bench`.
+# Each demo starts from an empty registry and dataset (its own RLHF_HOME) on the prepared model.
 USERS ?= 8
+DEMO_HOME ?= $(HOME)/.cache/rlhf-loop/demo
 demo: install
-	$(BIN)/rlhf-loop up --port $(PORT) --simulate-users $(USERS) --until-proven --report bench/results/loop.json
+	model="$${RLHF_MODEL:-$$($(BIN)/rlhf-loop model prepare)}" && rm -rf $(DEMO_HOME) && \
+		RLHF_HOME=$(DEMO_HOME) RLHF_MODEL="$$model" \
+		$(BIN)/rlhf-loop up --port $(PORT) --simulate-users $(USERS) --until-proven --report bench/results/loop.json
 
 # The browser tests (tests/ui) drive Debian's headless Chromium through its chromedriver.
 BROWSER_STAMP := $(VENV)/.installed-browser

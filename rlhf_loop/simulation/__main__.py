@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
@@ -16,7 +15,6 @@ from rlhf_loop.simulation import SimulationSettings, simulate, summary
 async def main() -> int:
     settings = SimulationSettings()
     configure_logging("simulation")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the loop's own events
     if settings.simulate_metrics_port:
         start_http_server(settings.simulate_metrics_port, addr=settings.host)
     stop = asyncio.Event()
