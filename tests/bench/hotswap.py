@@ -278,7 +278,7 @@ def main() -> int:
                         "ours,peer (VLLM_CPU_OMP_THREADS_BIND); empty: vLLM's default, which binds both to the same core")
     parser.add_argument("--no-peer", action="store_true", help="skip vLLM's runtime LoRA loading (no speed claim then)")
     args = parser.parse_args()
-    cores = dict(zip(("ours", "peer"), args.cores.split(","))) if args.cores else {}
+    cores = dict(zip(("ours",) if args.no_peer else ("ours", "peer"), args.cores.split(","))) if args.cores else {}
 
     home = Path(tempfile.mkdtemp(prefix="rlhf-bench-hotswap-"))
     base = RuntimeSettings()
@@ -373,9 +373,9 @@ def main() -> int:
         "load_average_1_5_15": load_average,
         "note": ("2 CPU cores shared with other engineers' jobs: timings are noisy (see load_average_1_5_15). "
                  + ("" if args.no_peer else "Both servers ran at the same time, so each also slowed the other. ")
-                 + "Ours' time to serve includes the "
-                 "pointer poll interval (adapter_poll_s) and the admin API call; the peer's starts at its load call. "
-                 "A rollback reloads the previous adapter from the registry (it was unloaded once drained)."),
+                 + "Ours' time to serve includes the pointer poll interval (adapter_poll_s) and the admin API call"
+                 + ("" if args.no_peer else "; the peer's starts at its load call") + ". A rollback reloads the "
+                 "previous adapter from the registry (it was unloaded once drained)."),
     })
     for name, side in (("peer", result_peer), ("ours", result_ours)):
         if name == "peer" and args.no_peer:
