@@ -342,7 +342,8 @@ def loop(r: dict, out: Path) -> list[str]:
         ax.set_yticks([])
         ax.set_ylim(0.4, len(events) + 0.6)
         ax.set_xlabel("t_s (seconds)")
-        ax.set_xlim(min(0, events[0]["t_s"]), events[-1]["t_s"] * 1.35 + 1)
+        end = max(events[-1]["t_s"], r.get("elapsed_s") or 0.0)  # the demo's own length, when it says
+        ax.set_xlim(min(0, events[0]["t_s"]), end * 1.2 + 1)
         ax.set_title("Closed-loop demo: events of loop.json", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         lines.append(save(fig, out, "loop.png"))
