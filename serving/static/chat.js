@@ -4,8 +4,10 @@
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const handles = new WeakMap();  // answer element -> its feedback handle {response_id, feedback_token, ...}
+const duelTurns = new WeakMap(); // duel section -> its assistant turn in the conversation (A's answer until B wins)
 let history = [];               // the conversation so far, sent with every request: [{role, content}]
 let conversationId = newConversationId();
+let asking = new AbortController();  // "New chat" aborts the answer in flight (vLLM then stops generating)
 
 // A fresh id per thread keys its events on Kafka, keeping one conversation in order.
 // (crypto.randomUUID exists only on https or localhost pages.)
@@ -43,8 +45,8 @@ async function failure(reply) {
   }
 }
 
-async function postJson(path, body) {
-  const reply = await fetch(path, {method: "POST", headers: requestHeaders(), body: JSON.stringify(body)});
+async function postJson(path, body, signal) {
+  const reply = await fetch(path, {method: "POST", headers: requestHeaders(), body: JSON.stringify(body), signal});
   if (!reply.ok) throw await failure(reply);
   return reply.json();
 }
@@ -87,7 +89,7 @@ async function streamAnswer() {
   $("#log").append(answer);
   const text = $(".text", answer);
   const reply = await fetch("/v1/chat/completions", {
-    method: "POST", headers: requestHeaders(), body: JSON.stringify(requestBody({stream: true})),
+    method: "POST", headers: requestHeaders(), body: JSON.stringify(requestBody({stream: true})), signal: asking.signal,
   });
   if (!reply.ok) throw await failure(reply);
   const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -114,7 +116,7 @@ async function streamAnswer() {
   if (!final) throw new Error("the answer ended before its feedback handle arrived");
   settle(answer, final.feedback[0], final.adapter_version);
   $(".rate", answer).hidden = false;
-  return text.textContent;
+  return {said: text.textContent};
 }
 
 // 2. a duel: two answers from two policies (active vs canary, else two samples), not streamed
@@ -122,7 +124,7 @@ async function duel() {
   const section = $("#duel-template").content.firstElementChild.cloneNode(true);
   $(".vote", section).hidden = true;
   $("#log").append(section);
-  const reply = await postJson("/v1/chat/duels", requestBody({}));
+  const reply = await postJson("/v1/chat/duels", requestBody({}), asking.signal);
   section.dataset.duelId = reply.id;
   const sides = reply.answers.map((answer, i) => {
     const element = answerElement(i === 0 ? "A" : "B");
@@ -136,7 +138,7 @@ async function duel() {
   }
   $(".vote", section).hidden = false;
   section.scrollIntoView({block: "end"});
-  return $(".text", sides[0]).textContent;  // A continues the conversation unless B wins the vote
+  return {said: $(".text", sides[0]).textContent, section};  // A continues the conversation unless B wins the vote
 }
 
 // 3. ratings: a thumb (optionally with a comment) on one answer; a choice between a duel's two
@@ -165,8 +167,7 @@ async function vote(section, sides, button) {
     section.dataset.voted = button.dataset.choice;
     button.setAttribute("aria-pressed", "true");
     $(".voted", section).textContent = "Thanks: recorded “" + button.textContent + "”";
-    const last = history.at(-1);
-    if (button.dataset.choice === "b" && last?.role === "assistant") last.content = $(".text", sides[1]).textContent;
+    if (button.dataset.choice === "b") duelTurns.get(section).content = $(".text", sides[1]).textContent;
   } catch (error) {
     buttons.forEach((each) => (each.disabled = false));
     $(".voted", section).textContent = "Not recorded: " + error.message;
@@ -181,12 +182,16 @@ async function send(event) {
   $("#prompt").value = "";
   say("");
   bubble("user", prompt);
-  history.push({role: "user", content: prompt});
+  const thread = history;  // "New chat" may replace `history` while this answer is on its way
+  thread.push({role: "user", content: prompt});
   try {
-    const said = $("#duel").checked ? await duel() : await streamAnswer();
-    history.push({role: "assistant", content: said});
+    const {said, section} = $("#duel").checked ? await duel() : await streamAnswer();
+    const turn = {role: "assistant", content: said};
+    thread.push(turn);
+    if (section) duelTurns.set(section, turn);
   } catch (error) {
-    history.pop();  // the question stays on screen but leaves the conversation, so it can be asked again
+    thread.pop();  // the question stays on screen but leaves the conversation, so it can be asked again
+    if (error.name === "AbortError") return;  // the person started a new chat
     say("Failed: " + error.message, true);
     document.querySelectorAll('.answer[data-state="streaming"]').forEach((each) => (each.dataset.state = "error"));
   } finally {
@@ -203,6 +208,8 @@ $("#prompt").addEventListener("keydown", (event) => {
   }
 });
 $("#new-chat").addEventListener("click", () => {
+  asking.abort();
+  asking = new AbortController();
   history = [];
   conversationId = newConversationId();
   $("#log").replaceChildren();

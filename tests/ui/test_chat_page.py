@@ -49,6 +49,11 @@ def record(broker: EmbeddedBroker, topic: str, **fields: str) -> dict:
     return found[0]
 
 
+def aborted_streams(serving: ServingServer) -> int:
+    """Streams whose client left before the end, as serving logs them."""
+    return serving.log_path.read_text().count("chat.stream_aborted")
+
+
 def test_answer_streams_in_and_a_thumb_with_comment_reaches_kafka(
     browser: webdriver.Chrome, serving: ServingServer, broker: EmbeddedBroker
 ) -> None:
@@ -109,3 +114,24 @@ def test_a_refused_request_says_why_and_can_be_asked_again(browser: webdriver.Ch
     assert status.startswith("Failed:") and "token" in status.lower()
     assert browser.find_element(By.CSS_SELECTOR, ".answer").get_attribute("data-state") == "error"
     assert browser.find_element(By.CSS_SELECTOR, "#send").is_enabled()
+
+
+def test_new_chat_stops_the_answer_in_flight_and_starts_clean(
+    browser: webdriver.Chrome, serving: ServingServer, broker: EmbeddedBroker
+) -> None:
+    aborted_before = aborted_streams(serving)
+    open_chat(browser, serving, max_tokens=400)
+    ask(browser, "Write a long story about a lighthouse.")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '.answer[data-state="streaming"][data-chunks]'))
+    browser.find_element(By.CSS_SELECTOR, "#new-chat").click()
+    assert browser.find_elements(By.CSS_SELECTOR, "#log > *") == []
+    wait(browser, lambda _: aborted_streams(serving) == aborted_before + 1, timeout_s=10, message="serving kept generating")
+
+    field = browser.find_element(By.CSS_SELECTOR, "#max-tokens")
+    field.clear()
+    field.send_keys("12")
+    ask(browser, "Hi!")
+    [answer] = wait(browser, lambda d: finished_answers(d, 1))
+    assert browser.find_element(By.CSS_SELECTOR, "#status").text == ""
+    messages = record(broker, INTERACTIONS, response_id=answer.get_attribute("data-response-id"))["messages"]
+    assert messages == [{"role": "user", "content": "Hi!"}]  # nothing of the abandoned thread
