@@ -54,7 +54,8 @@ class SimulationSettings(ServingSettings):
                                   "the bundled rlhf_loop/simulation/concise_question.py.")
     simulate_prompts: Path | None = Field(
         default=None, description="Prompt set of simulated users (JSON Lines of {\"prompt\": ...}); default: the bundled set.")
-    simulate_think_s: float = Field(default=1.0, ge=0, description="Mean pause of a simulated user between turns.")
+    simulate_think_s: float = Field(default=8.0, ge=0, description="Mean pause of a simulated user between turns "
+                                                                   "(reading the answer, typing the next question).")
     simulate_rate_share: float = Field(default=0.8, ge=0, le=1, description="Share of plain answers a simulated user rates.")
     simulate_duel_share: float = Field(default=0.25, ge=0, le=1, description="Share of turns a simulated user asks for a duel.")
     simulate_max_tokens: int = Field(default=96, ge=1, description="max_tokens of simulated users' requests.")
