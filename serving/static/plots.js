@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const BOX = {width: 440, height: 210, left: 46, right: 12, top: 24, bottom: 30};
+const BOX = {width: 400, height: 200, left: 46, right: 12, top: 24, bottom: 30};
 
 function svgElement(name, attributes = {}, text) {
   const element = document.createElementNS(SVG_NS, name);
@@ -12,8 +12,9 @@ function svgElement(name, attributes = {}, text) {
   return element;
 }
 
+// Three significant digits at most, without trailing zeros: 0.02, 1.5, 0.625, 1234.
 function formatNumber(value) {
-  return Number.isInteger(value) || Math.abs(value) >= 100 ? String(Math.round(value)) : value.toPrecision(3);
+  return Math.abs(value) >= 100 ? String(Math.round(value)) : String(Number(value.toPrecision(3)));
 }
 
 // Axes, y range labels and a legend; returns the svg and y(value) -> pixel.

@@ -53,7 +53,14 @@ def wait(driver: webdriver.Chrome, condition, timeout_s: float = 60.0, message: 
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> None:
-    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    """The whole page, not only the window: the window grows to the page's height for the shot."""
+    size = driver.get_window_size()
+    width, height = size["width"], size["height"]
+    driver.set_window_size(width, max(height, driver.execute_script("return document.documentElement.scrollHeight")))
+    try:
+        driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    finally:
+        driver.set_window_size(width, height)
 
 
 def no_page_errors(driver: webdriver.Chrome) -> None:

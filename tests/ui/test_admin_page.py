@@ -112,9 +112,11 @@ def test_operator_sees_lineage_and_plots_then_promotes_and_rolls_back(
     css(browser, f"button.version[data-version='{child}']").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#detail tr[data-gate='kl']"))
     kl_row = css(browser, "#detail tr[data-gate='kl']").text
-    assert "passed" in kl_row and "mean_kl 1.50" in kl_row and "budget 12" in kl_row
-    assert "ci95 [0.410, 0.800]" in css(browser, "#detail tr[data-gate='win_rate']").text
+    assert "passed" in kl_row and "mean_kl 1.5," in kl_row and "budget 12" in kl_row
+    assert "ci95 [0.41, 0.8]" in css(browser, "#detail tr[data-gate='win_rate']").text
     assert points(browser, "[data-plot='reward'] polyline") == points(browser, "[data-plot='kl'] polyline") == 5
+    line = css(browser, "[data-plot='kl'] polyline")
+    assert browser.execute_script("return getComputedStyle(arguments[0]).fill", line) == "none"  # a line, not an area
     css(browser, f"button.version[data-version='{failed}']").click()
     wait(browser, lambda d: "No PPO history" in css(d, "#detail .ppo").text)
     assert "toxic share 0.40" in css(browser, "#detail tr[data-gate='safety']").text
