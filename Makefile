@@ -37,7 +37,7 @@ up: install
 # The loop closed on this machine: simulated users chat and rate until the preference-score gain
 # after the first promotion is tested (at most RLHF_SIMULATE_MAX_MINUTES); the report feeds `make bench`.
 # Each demo starts from an empty registry and dataset (its own RLHF_HOME) on the prepared model.
-USERS ?= 8
+USERS ?= 4
 DEMO_HOME ?= $(HOME)/.cache/rlhf-loop/demo
 demo: install
 	model="$${RLHF_MODEL:-$$($(BIN)/rlhf-loop model prepare)}" && rm -rf $(DEMO_HOME) && \

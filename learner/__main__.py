@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 import structlog
 from prometheus_client import start_http_server
 
+from feedback.broker import die_with_parent
 from feedback.logs import configure_logging
 from learner import promotion
 from learner.cycle import due
@@ -61,7 +62,8 @@ def main() -> int:
             new_feedback = _feedback_count(store) - feedback_at_last_cycle
             if cycle is None and due(new_feedback, time.monotonic() - last_cycle_at, settings):
                 # a cycle runs in its own process: ingest (and the consumer group heartbeat) go on meanwhile
-                cycle = subprocess.Popen([sys.executable, "-m", "learner.cycle"])
+                # it dies with us: a killed learner's restart must not find an orphan still training
+                cycle = subprocess.Popen([sys.executable, "-m", "learner.cycle"], preexec_fn=die_with_parent)
                 feedback_at_last_cycle, last_cycle_at = feedback_at_last_cycle + new_feedback, time.monotonic()
                 log.info("cycle.started", new_feedback=new_feedback, pid=cycle.pid)
             if time.monotonic() - last_promotion_check >= settings.promotion_check_s:

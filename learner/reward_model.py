@@ -36,7 +36,7 @@ class RewardConfig:
     learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
     epochs: int = field(default=2, metadata={"help": "Passes over the training data per refresh."})
     batch_size: int = field(default=8, metadata={"help": "Pairs (and thumbs) per optimizer step."})
-    max_length: int = field(default=256, metadata={"help": "Tokens kept per prompt + response (left-truncated)."})
+    max_length: int = field(default=160, metadata={"help": "Tokens kept per prompt + response (left-truncated)."})
     pointwise_weight: float = field(default=0.5, metadata={"help": "Weight of the thumbs (BCE) loss next to Bradley-Terry."})
     heldout_fraction: float = field(default=0.2, metadata={"help": "Share of examples held out for accuracy (by hash)."})
     replay_fraction: float = field(default=0.5, metadata={"help": "Share of older examples replayed in a refresh."})

@@ -23,7 +23,7 @@ class LearnerSettings(RuntimeSettings):
     )
     ingest_poll_ms: int = Field(default=1000, ge=10, description="Longest wait for new records in one poll, in ms.")
 
-    min_new_feedback: int = Field(default=100, ge=1, description="New ratings that start a training cycle.")
+    min_new_feedback: int = Field(default=60, ge=1, description="New ratings that start a training cycle.")
     max_interval_s: float = Field(
         default=3600, gt=0, description="A cycle also starts this long after the last one, if any new rating arrived."
     )

@@ -38,8 +38,8 @@ SMALL = {
     # promote on the first few thumbs whatever they say: this test is about the plumbing
     "RLHF_CANARY_SHARE": "0.5", "RLHF_PROMOTION_MIN_FEEDBACK": "3", "RLHF_PROMOTION_MARGIN": "1",
     "RLHF_PROMOTION_MIN_DUELS": "100000", "RLHF_ROLLBACK_MIN_FEEDBACK": "100000", "RLHF_PROMOTION_CHECK_S": "2",
-    # unhurried users: enough ratings within seconds, little competition with training for the two cores
-    "RLHF_SIMULATE_THINK_S": "3", "RLHF_SIMULATE_MAX_TOKENS": "24",
+    # short answers: ratings within seconds, and serving leaves the two cores to training
+    "RLHF_SIMULATE_THINK_S": "2", "RLHF_SIMULATE_MAX_TOKENS": "8",
 }
 
 
@@ -108,11 +108,17 @@ def test_up_with_simulated_users_closes_the_loop_restarts_and_stops_cleanly(prep
 
         # a killed child is restarted; the rest keeps serving
         learner = _children(log)["learner"]
+        cycles = [json.loads(line)["pid"] for line in log.read_text().splitlines()
+                  if line.startswith("{") and '"cycle.started"' in line]
         os.kill(learner, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while _children(log)["learner"] == learner and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "child.restarted" in log.read_text() and _alive(_children(log)["learner"])
+        deadline = time.monotonic() + 15  # its training cycles (each a child process) die with it
+        while [pid for pid in cycles if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in cycles if _alive(pid)], "a killed learner left its training cycle running"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
 
         children = _children(log)
