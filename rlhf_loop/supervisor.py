@@ -94,6 +94,18 @@ def python_module(module: str, env: dict[str, str]) -> Callable[[], subprocess.P
     return start
 
 
+def split_cores(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """vLLM-CPU binds every engine to the same first core by default, so serving's engine and the
+    learner's rollout engine would share one core while another idles: give each half of the cores
+    (only where the operator has not bound them; GPU builds ignore the variable)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if "VLLM_CPU_OMP_THREADS_BIND" in env or len(cores) < 2:
+        return {}, {}
+    half = len(cores) // 2
+    bind = lambda ids: {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, ids))}  # noqa: E731
+    return bind(cores[:half]), bind(cores[half:])
+
+
 class Supervisor:
     def __init__(self, settings: ServingSettings, *, stop_timeout_s: float = 30.0) -> None:
         self.settings = settings
@@ -131,8 +143,9 @@ class Supervisor:
             # a fresh embedded broker is empty: topics are made again on every (re)start
             self.children.append(Child("broker", start_broker, on_start=lambda: ensure_topics(self.settings)))
         env = self.child_env()
-        self.children.append(Child("learner", python_module("learner", env)))
-        self.children.append(Child("serving", python_module("serving", env)))
+        serving_cores, learner_cores = split_cores(env)
+        self.children.append(Child("learner", python_module("learner", {**env, **learner_cores})))
+        self.children.append(Child("serving", python_module("serving", {**env, **serving_cores})))
         if getattr(self.settings, "simulate_users", 0):  # `up --simulate-users N`: SimulationSettings
             env = {**env, "RLHF_SIMULATE_METRICS_PORT": env.get("RLHF_SIMULATE_METRICS_PORT", str(self.settings.port + 2)),
                    **{f"RLHF_{name.upper()}": str(value) for name, value in self.settings.model_dump().items()

@@ -57,3 +57,17 @@ def test_report_compares_answers_before_the_first_promotion_with_the_promoted_ad
     assert events.index(f"canary {version} by learner") < events.index(f"promote {version} by canary-policy")
     assert report["feedback_to_active_s"] == pytest.approx(promoted_at - 1.0)
     assert "significant at 0.05" in summary(report)
+
+
+def test_up_gives_serving_and_the_learner_their_own_cores_unless_bound_already() -> None:
+    import os
+
+    from rlhf_loop.supervisor import split_cores
+
+    serving, learner = split_cores({})
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        bound = [int(c) for side in (serving, learner) for c in side["VLLM_CPU_OMP_THREADS_BIND"].split(",")]
+        assert sorted(bound) == cores and not set(serving["VLLM_CPU_OMP_THREADS_BIND"].split(",")) & set(
+            learner["VLLM_CPU_OMP_THREADS_BIND"].split(","))
+    assert split_cores({"VLLM_CPU_OMP_THREADS_BIND": "0-1"}) == ({}, {})  # the operator's binding stands
