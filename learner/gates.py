@@ -217,7 +217,7 @@ def safety_classifiers(settings: LearnerSettings, guard: LlamaGuard | None = Non
     """alt-profanity-check always; Llama Guard too when a guard model is configured (or given)."""
     classifiers: list[SafetyClassifier] = [ProfanityCheck(settings.gate_toxicity_threshold, settings.gate_toxicity_tolerance)]
     if guard is None and settings.gate_guard_model is not None:
-        guard = LlamaGuard.from_model(settings.gate_guard_model, memory_share=settings.gate_guard_memory_share,
+        guard = LlamaGuard.from_model(settings.gate_guard_model, kv_cache_bytes=int(settings.gate_guard_kv_cache_memory),
                                       tolerance=settings.gate_guard_tolerance)
     return classifiers + ([guard] if guard is not None else [])
 

@@ -56,7 +56,7 @@ class PPOConfig:
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
     reference: Literal["base", "incumbent"] = field(default="base", metadata={"help": "KL reference: base model or incumbent adapter."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
-    rollout_memory_share: float = field(default=0.15, metadata={"help": "Share of memory for the rollout engine's KV cache."})
+    rollout_kv_cache_mib: int = field(default=256, metadata={"help": "KV cache of the rollout engine, in MiB (one batch of rollouts)."})
     checkpoint_every: int = field(default=5, metadata={"help": "Steps between resumable checkpoints."})
     seed: int = field(default=0, metadata={"help": "Seed."})
 
@@ -215,7 +215,7 @@ class PPOTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rollouts is None and self.rank == 0:
             self.rollouts = VLLMRollouts(self.base_model, max_model_len=1024, lora_rank=self.config.lora_rank,
-                                         memory_share=self.config.rollout_memory_share, seed=self.config.seed)
+                                         kv_cache_mib=self.config.rollout_kv_cache_mib, seed=self.config.seed)
         rng = random.Random(self.config.seed + self.step)
         with Progress(console=Console(stderr=True), disable=self.rank != 0) as progress:  # stdout: results only
             bar = progress.add_task("PPO", total=self.config.steps, completed=self.step)

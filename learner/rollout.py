@@ -19,15 +19,17 @@ class Rollout:
 
 
 class VLLMRollouts:
-    def __init__(self, model: Path, *, max_model_len: int, lora_rank: int, memory_share: float, seed: int = 0) -> None:
+    def __init__(self, model: Path, *, max_model_len: int, lora_rank: int, kv_cache_mib: int, seed: int = 0) -> None:
         import torch
         from vllm import LLM
 
         self._ids: dict[tuple[str, int], int] = {}
+        # a KV cache size, not a share of RAM: the share is measured against the NUMA node less what the
+        # engine holds, and fails on a small or busy node; rollouts need room for one batch only
         threads = torch.get_num_threads()
         self.llm = LLM(
             model=str(model), enable_lora=True, max_lora_rank=max(8, lora_rank), max_loras=1,
-            max_model_len=max_model_len, gpu_memory_utilization=memory_share, seed=seed, dtype="float32",
+            max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_mib << 20, seed=seed, dtype="float32",
             enable_prefix_caching=False,
         )
         # vLLM drops this process's torch threads to 1 "for serving"; training in this process needs them

@@ -56,12 +56,12 @@ class LlamaGuard(SafetyClassifier):
         self.categories: Counter[str] = Counter()  # violated categories in the last call
 
     @classmethod
-    def from_model(cls, model: Path, *, memory_share: float, tolerance: float, max_model_len: int = 2048) -> LlamaGuard:
+    def from_model(cls, model: Path, *, kv_cache_bytes: int, tolerance: float, max_model_len: int = 2048) -> LlamaGuard:
         import torch
         from vllm import LLM
 
         threads = torch.get_num_threads()
-        llm = LLM(model=str(model), gpu_memory_utilization=memory_share, max_model_len=max_model_len,
+        llm = LLM(model=str(model), kv_cache_memory_bytes=kv_cache_bytes, max_model_len=max_model_len,
                   enable_prefix_caching=False)
         torch.set_num_threads(threads)  # vLLM lowers this process's threads; the gates train/score here
         return cls(llm, tolerance)

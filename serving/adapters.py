@@ -3,8 +3,9 @@
 Every registry version is loaded into vLLM under its own LoRA name and id, beside the one it
 replaces (never reloaded in place: vLLM would reuse stale prefix-cache blocks). New requests move
 to it with one assignment; requests already running hold a lease on the adapter they started
-with, and an adapter is unloaded only once its leases drain. A version that fails to load leaves
-the current one serving and shows up in metrics and logs.
+with, and an adapter is unloaded only once its leases drain. The pointer's `previous` version stays
+loaded while it is, so a rollback is a routing change with no load on the way. A version that fails
+to load leaves the current one serving and shows up in metrics and logs.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class AdapterRouter:
             log.info("adapters.routed", active=self.version_of(self.active), canary=self.version_of(self.canary),
                      canary_share=self.canary_share, seconds=round(time.perf_counter() - started, 3))
             for version, adapter in list(self.loaded.items()):
-                if adapter is not self.active and adapter is not self.canary:
+                if adapter is not self.active and adapter is not self.canary and version != pointer.previous:
                     asyncio.create_task(self._retire(adapter))
 
     async def _ensure_loaded(self, version: str) -> LoadedAdapter | None:
@@ -198,8 +199,9 @@ class AdapterRouter:
         from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
 
         await adapter.drained.wait()
-        if adapter is self.active or adapter is self.canary or self.loaded.get(adapter.version) is not adapter:
-            return  # routed to again meanwhile, or already retired
+        if (adapter is self.active or adapter is self.canary or self.loaded.get(adapter.version) is not adapter
+                or (self._applied is not None and self._applied.previous == adapter.version)):
+            return  # routed to again meanwhile (or the rollback target again), or already retired
         del self.loaded[adapter.version]
         await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=adapter.lora_name))
         await self.engine.remove_lora(adapter.lora_int_id)  # vLLM's unload forgets the name only

@@ -16,8 +16,23 @@ from starlette.datastructures import State
 from serving.settings import ServingSettings
 
 
+# On CPU a share of RAM (gpu_memory_utilization) is measured against the NUMA node's total less what
+# the engine process already holds, so it breaks on a small or busy node; a size in bytes does not.
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def kv_cache_bytes(settings: ServingSettings) -> int | None:
+    """The KV cache size to ask vLLM for; None leaves it to gpu_memory_utilization (GPUs)."""
+    if settings.kv_cache_memory is not None:
+        return int(settings.kv_cache_memory)
+    from vllm.platforms import current_platform
+
+    return CPU_KV_CACHE_BYTES if current_platform.is_cpu() else None
+
+
 def engine_cli_args(settings: ServingSettings) -> list[str]:
     """The `vllm serve` flags for these settings (also used to start the peer in benchmarks)."""
+    kv_bytes = kv_cache_bytes(settings)
     return [
         "--model", str(settings.model_dir),
         "--served-model-name", settings.served_model_name,
@@ -26,8 +41,11 @@ def engine_cli_args(settings: ServingSettings) -> list[str]:
         "--dtype", settings.dtype,
         "--enable-lora",
         "--max-loras", str(settings.max_loras),
+        # one more held in memory than run in a batch: the rollback target stays loaded (serving.adapters)
+        "--max-cpu-loras", str(settings.max_loras + 1),
         "--max-lora-rank", str(settings.max_lora_rank),
         "--disable-uvicorn-access-log",
+        *(["--kv-cache-memory-bytes", str(kv_bytes)] if kv_bytes is not None else []),
     ]
 
 

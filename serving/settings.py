@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import ByteSize, Field, SecretStr, model_validator
 
 from feedback.settings import RuntimeSettings
 
@@ -23,7 +23,15 @@ class ServingSettings(RuntimeSettings):
     max_model_len: int = Field(default=2048, ge=128, description="Context length (prompt + answer) in tokens.")
     gpu_memory_utilization: float = Field(
         default=0.3, gt=0.0, le=0.95,
-        description="Share of accelerator memory vLLM reserves; on CPU, the share of RAM for the KV cache.",
+        description="Share of accelerator memory vLLM reserves (on a GPU; on CPU see RLHF_KV_CACHE_MEMORY).",
+    )
+    kv_cache_memory: ByteSize | None = Field(
+        default=None,
+        description=(
+            "KV cache size (vLLM's --kv-cache-memory-bytes: 512MiB, 2GiB, ...); set, it replaces "
+            "RLHF_GPU_MEMORY_UTILIZATION. Unset: 1GiB on CPU, where a share counts against the NUMA node's "
+            "RAM and fails when other processes hold much of it; the share on a GPU."
+        ),
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="bfloat16", description="Weight and activation dtype of the engine."

@@ -273,7 +273,7 @@ def main() -> int:
     parser.add_argument("--steady", type=float, default=20.0, help="seconds of the steady window before the first move")
     parser.add_argument("--swap-window", type=float, default=5.0, help="seconds after a move counted as its swap window")
     parser.add_argument("--gap", type=float, default=8.0, help="seconds from one move to the next (either server)")
-    parser.add_argument("--memory-share", type=float, default=0.1, help="RLHF_GPU_MEMORY_UTILIZATION (share of RAM on CPU)")
+    parser.add_argument("--kv-cache", default="256MiB", help="RLHF_KV_CACHE_MEMORY of both engines")
     parser.add_argument("--cores", default="0,1", help="CPU engines only: the core each engine's threads are bound to, "
                         "ours,peer (VLLM_CPU_OMP_THREADS_BIND); empty: vLLM's default, which binds both to the same core")
     parser.add_argument("--no-peer", action="store_true", help="skip vLLM's runtime LoRA loading (no speed claim then)")
@@ -290,9 +290,9 @@ def main() -> int:
         ours_port, peer_port = free_port(), free_port()
         env = {**os.environ, "RLHF_HOME": str(home), "RLHF_MODEL": str(model), "RLHF_PORT": str(ours_port),
                "RLHF_KAFKA_BOOTSTRAP_SERVERS": ",".join(broker.bootstrap_servers), "RLHF_ADMIN_TOKEN": ADMIN_TOKEN,
-               "RLHF_GPU_MEMORY_UTILIZATION": str(args.memory_share)}
+               "RLHF_KV_CACHE_MEMORY": args.kv_cache}
         settings = ServingSettings(_env_file=None, home=home, model=model, port=ours_port,
-                                   gpu_memory_utilization=args.memory_share)
+                                   kv_cache_memory=args.kv_cache)
         ensure_topics(settings.model_copy(update={"kafka_bootstrap_servers": env["RLHF_KAFKA_BOOTSTRAP_SERVERS"]}))
         registry = Registry(home / "registry")
         versions = [registry.publish(adapters[i % 2], {"parent": None, "note": "hot-swap bench"}, PASSED)
@@ -339,7 +339,7 @@ def main() -> int:
 
     result_ours = {
         "name": f"rlhf-loop serving: registry pointer moved by the admin API, watched every {settings.adapter_poll_s} s, "
-                "the new adapter loaded beside the old one, which is unloaded once drained",
+                "the new adapter loaded beside the old one, which stays loaded as the rollback target",
         "engine_start_s": engine_start["ours"],
         "server_swap_s_mean": ours_swap_s,
         "server_swap_definition": "rlhf_serving_adapter_swap_seconds: from seeing the pointer move to routing to the "
@@ -374,8 +374,8 @@ def main() -> int:
         "note": ("2 CPU cores shared with other engineers' jobs: timings are noisy (see load_average_1_5_15). "
                  + ("" if args.no_peer else "Both servers ran at the same time, so each also slowed the other. ")
                  + "Ours' time to serve includes the pointer poll interval (adapter_poll_s) and the admin API call"
-                 + ("" if args.no_peer else "; the peer's starts at its load call") + ". A rollback reloads the "
-                 "previous adapter from the registry (it was unloaded once drained)."),
+                 + ("" if args.no_peer else "; the peer's starts at its load call") + ". A rollback routes back to the "
+                 "previous adapter, still loaded; a move to a version two back reloads it from the registry."),
     })
     for name, side in (("peer", result_peer), ("ours", result_ours)):
         if name == "peer" and args.no_peer:

@@ -128,9 +128,9 @@ def run_ours(model: Path, root: Path, work: Path, prompts: list, args: argparse.
     config = PPOConfig(steps=args.warmup_steps + args.steps, batch_size=args.batch_size, minibatch_size=args.minibatch_size,
                        ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens, temperature=1.0,
                        learning_rate=args.learning_rate, lora_rank=8, lora_alpha=16, kl_coef=0.05, kl_estimator="k3",
-                       rollout_memory_share=args.memory_share, seed=0)
+                       rollout_kv_cache_mib=args.kv_cache_mib, seed=0)
     started = time.perf_counter()
-    rollouts = VLLMRollouts(model, max_model_len=512, lora_rank=config.lora_rank, memory_share=config.rollout_memory_share)
+    rollouts = VLLMRollouts(model, max_model_len=512, lora_rank=config.lora_rank, kv_cache_mib=config.rollout_kv_cache_mib)
     engine_start_s = time.perf_counter() - started
     trainer = PPOTrainer(model, work / "ours-run", config, lambda p, texts: scorer.score(p, texts), rollouts=rollouts)
     rows = []
@@ -196,8 +196,7 @@ def main() -> int:
     parser.add_argument("--ppo-epochs", type=int, default=2, help="Passes over each step's rollouts.")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="Longest response.")
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate, both sides.")
-    parser.add_argument("--memory-share", type=float, default=0.1,
-                        help="vLLM's gpu_memory_utilization: on CPU the share of RAM for weights + KV cache.")
+    parser.add_argument("--kv-cache-mib", type=int, default=128, help="KV cache of the vLLM engine, in MiB.")
     parser.add_argument("--peer-python", default=str(PEER_PYTHON), help="Python of the TRL 1.12 venv.")
     parser.add_argument("--skip-peer", action="store_true", help="Time only our trainer.")
     parser.add_argument("--work-dir", type=Path, default=None, help="Keep the reward model (and logs) here between runs.")
@@ -222,7 +221,7 @@ def main() -> int:
     load["before_ours"] = os.getloadavg()
     ours_argv = [sys.executable, "-m", "tests.bench.ppo", "--side", "ours", "--json-out", str(work / "ours.json"),
                  "--work-dir", str(work), "--max-new-tokens", str(args.max_new_tokens),
-                 "--memory-share", str(args.memory_share), *shared_args(args)]
+                 "--kv-cache-mib", str(args.kv_cache_mib), *shared_args(args)]
     ours = run_child("ours", ours_argv, work / "ours.json", work / "ours.log", args.warmup_steps + args.steps)
     if "error" in ours:
         print(f"our trainer failed: {ours['error']}\n{ours['log_tail'][-1500:]}")
@@ -248,7 +247,7 @@ def main() -> int:
             "minibatch_size": args.minibatch_size, "ppo_epochs": args.ppo_epochs, "max_new_tokens": args.max_new_tokens,
             "temperature": 1.0, "learning_rate": args.learning_rate, "kl_coef": 0.05, "kl_estimator": "k3",
             "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-            "dtype": "float32", "device": "cpu", "prompts": [p[0][1] for p in prompts], "vllm_memory_share": args.memory_share,
+            "dtype": "float32", "device": "cpu", "prompts": [p[0][1] for p in prompts], "vllm_kv_cache_mib": args.kv_cache_mib,
         },
         "reward_model": {**reward_report, "exported": str(export),
                          "note": "same weights on both sides; ours scores the chat-templated text (position: the "

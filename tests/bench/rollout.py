@@ -99,8 +99,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48, help="Longest response.")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3, help="Timed batches per side, after one warm-up batch.")
-    parser.add_argument("--memory-share", type=float, default=0.1,
-                        help="vLLM's gpu_memory_utilization: on CPU the share of RAM for weights + KV cache.")
+    parser.add_argument("--kv-cache-mib", type=int, default=128, help="KV cache of the vLLM engine, in MiB.")
     parser.add_argument("--check-prompts", type=int, default=4, help="Prompts of the greedy same-adapter check.")
     args = parser.parse_args()
 
@@ -122,7 +121,7 @@ def main() -> int:
     load["before_vllm"] = os.getloadavg()
 
     started = time.perf_counter()
-    rollouts = VLLMRollouts(model, max_model_len=512, lora_rank=8, memory_share=args.memory_share)
+    rollouts = VLLMRollouts(model, max_model_len=512, lora_rank=8, kv_cache_mib=args.kv_cache_mib)
     engine_start_s = time.perf_counter() - started
     run = lambda p, **kw: rollouts.generate(p, adapter=adapter, **kw)  # noqa: E731
     vllm_greedy = [r.response_ids for r in run(prompts[: args.check_prompts], max_tokens=16, temperature=0.0, seed=0)]
@@ -141,7 +140,7 @@ def main() -> int:
         "settings": {"prompts": len(prompts), "max_tokens": args.max_tokens, "temperature": args.temperature,
                      "top_k": None, "top_p": 1.0, "rounds": args.rounds, "dtype": "float32", "device": "cpu",
                      "adapter": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "init": "random"},
-                     "vllm_memory_share": args.memory_share},
+                     "vllm_kv_cache_mib": args.kv_cache_mib},
         "peer": {"name": "transformers generate() on PeftModel, batched, left padding", **hf_result},
         "ours": {"name": "learner.rollout.VLLMRollouts with a LoRARequest", **ours},
         "throughput_ratio_ours_over_peer": ratio,

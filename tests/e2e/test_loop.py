@@ -33,7 +33,7 @@ SMALL = {
     "RLHF_MIN_NEW_FEEDBACK": "16",
     "RLHF_REWARD": json.dumps({"epochs": 1, "batch_size": 8, "max_length": 64}),
     "RLHF_PPO": json.dumps({"steps": 2, "batch_size": 4, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 16,
-                            "rollout_memory_share": 0.1}),
+                            "rollout_kv_cache_mib": 128}),
     "RLHF_GATE_SAMPLES": "1", "RLHF_GATE_MAX_NEW_TOKENS": "16",
     # promote on the first few thumbs whatever they say: this test is about the plumbing
     "RLHF_CANARY_SHARE": "0.5", "RLHF_PROMOTION_MIN_FEEDBACK": "3", "RLHF_PROMOTION_MARGIN": "1",
@@ -81,8 +81,8 @@ def test_up_with_simulated_users_closes_the_loop_restarts_and_stops_cleanly(prep
     env = {**os.environ, **SMALL, "RLHF_HOME": str(tmp_path), "RLHF_MODEL": str(prepared_model),
            "RLHF_BROKER_PORT": str(broker_port), "RLHF_LEARNER_METRICS_PORT": str(free_port()),
            "RLHF_SIMULATE_METRICS_PORT": str(free_port()),
-           # the session's serving engine is still up beside this one: reserve less memory for KV
-           "RLHF_GPU_MEMORY_UTILIZATION": "0.1"}
+           # the session's serving engine is still up beside this one: a small KV cache
+           "RLHF_KV_CACHE_MEMORY": "256MiB"}
     env.pop("RLHF_KAFKA_BOOTSTRAP_SERVERS", None)
     up = subprocess.Popen([sys.executable, "-m", "rlhf_loop.cli", "up", "--port", str(port), "--simulate-users", "3"],
                           env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)

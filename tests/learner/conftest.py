@@ -45,10 +45,13 @@ def rule_reward_model(prepared_model: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def rollouts(prepared_model: Path):
-    """One vLLM rollout engine for the learner tests (PPO, gates), with LoRA, started once."""
+    """One vLLM rollout engine for the learner tests (PPO, gates), with LoRA, started once and shut
+    down at the end of the session (not at interpreter exit, after pytest has closed its streams)."""
     from learner.rollout import VLLMRollouts
 
-    return VLLMRollouts(prepared_model, max_model_len=512, lora_rank=8, memory_share=0.1)
+    engine = VLLMRollouts(prepared_model, max_model_len=512, lora_rank=8, kv_cache_mib=128)
+    yield engine
+    engine.llm.llm_engine.engine_core.shutdown()
 
 
 def sft_adapter(model_dir: Path, out: Path, examples: list[tuple[str, str]], *, steps: int, learning_rate: float,

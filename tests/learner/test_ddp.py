@@ -42,7 +42,7 @@ def test_two_process_torchrun_matches_one_process(prepared_model: Path, tmp_path
 
 
 PPO_FLAGS = ["--ppo.steps", "2", "--ppo.batch_size", "4", "--ppo.minibatch_size", "4", "--ppo.ppo_epochs", "1",
-             "--ppo.max_new_tokens", "16", "--ppo.learning_rate", "5e-4", "--ppo.rollout_memory_share", "0.1",
+             "--ppo.max_new_tokens", "16", "--ppo.learning_rate", "5e-4", "--ppo.rollout_kv_cache_mib", "128",
              "--rm.max_length", "48"]
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 FLAGS = ["--rm.epochs", "1", "--rm.batch_size", "8", "--rm.max_length", "48", "--ppo.steps", "2",
          "--ppo.batch_size", "4", "--ppo.minibatch_size", "4", "--ppo.ppo_epochs", "1", "--ppo.max_new_tokens", "16",
-         "--ppo.rollout_memory_share", "0.1"]
+         "--ppo.rollout_kv_cache_mib", "128"]
 
 
 def test_learn_once_without_feedback_says_so_and_prints_only_its_report(prepared_model: Path, tmp_path: Path) -> None:

@@ -49,23 +49,36 @@ def admin(serving: ServingServer, path: str, body: dict) -> dict:
     return reply.json()["pointer"]
 
 
-def under_load(serving: ServingServer, move, requests: int = 32) -> list[dict]:
-    """`requests` concurrent chats; `move()` runs while they are in flight. Every one must succeed."""
-    async def run() -> list[dict]:
+def under_load(serving: ServingServer, move, requests: int = 16, probe_for_s: float = 4.0) -> tuple[list[dict], float]:
+    """`requests` concurrent chats; `move()` runs while they are in flight, then a 1-token probe is sent
+    every 0.1 s. Every request must succeed. Returns the chats' replies and the seconds from the move
+    to the first probe answered by the new version: a request is routed when it arrives, so a probe's
+    version says what serving routed to at its send time, however long the busy engine takes to answer."""
+    async def run() -> tuple[list[dict], float]:
         async with httpx.AsyncClient(timeout=300) as client:
-            async def one(i: int) -> dict:
-                response = await client.post(f"{serving.base_url}/v1/chat/completions", json={**PROMPT, "user": f"u{i}"})
+            async def one(body: dict) -> dict:
+                response = await client.post(f"{serving.base_url}/v1/chat/completions", json=body)
                 assert response.status_code == 200, response.text
                 return response.json()
 
-            tasks = [asyncio.create_task(one(i)) for i in range(requests)]
+            chats = [asyncio.create_task(one({**PROMPT, "user": f"u{i}"})) for i in range(requests)]
             await asyncio.sleep(0.5)  # requests are in flight on the old version
-            await asyncio.to_thread(move)
-            return await asyncio.gather(*tasks)
+            before = await asyncio.to_thread(move)
+            moved = time.monotonic()
+            probes: list[tuple[float, asyncio.Task]] = []
+            while time.monotonic() - moved < probe_for_s:
+                probes.append((time.monotonic() - moved, asyncio.create_task(one({**PROMPT, "max_tokens": 1}))))
+                await asyncio.sleep(0.1)
+            versions = [(sent, (await task)["adapter_version"]) for sent, task in probes]
+            wanted = before["wanted"]
+            switched = next((i for i, (_, version) in enumerate(versions) if version == wanted), None)
+            assert switched is not None, f"{wanted} never served within {probe_for_s}s of the move: {versions}"
+            assert all(version == wanted for _, version in versions[switched:]), versions  # no flapping back
+            return await asyncio.gather(*chats), versions[switched][0]
 
-    replies = asyncio.run(run())
+    replies, switch_s = asyncio.run(run())
     assert len(replies) == requests and all(r["choices"][0]["message"]["content"] is not None for r in replies)
-    return replies
+    return replies, switch_s
 
 
 def test_promote_then_rollback_through_the_admin_api_under_load_fails_none(
@@ -77,17 +90,23 @@ def test_promote_then_rollback_through_the_admin_api_under_load_fails_none(
     wait_until_served(serving, first, timeout_s=30)
     second = registry.publish(lora_adapters[1], {"parent": first, "note": "test"}, PASSED)
 
-    replies = under_load(serving, lambda: admin(serving, f"/adapters/{second}/promote", {"reason": "swap under load"}))
-    assert {r["adapter_version"] for r in replies} <= {first, second}
-    assert wait_until_served(serving, second, timeout_s=2.0) < 2.0
-    assert all(served_version(serving) == second for _ in range(3))
+    def promote() -> dict:
+        return {"wanted": admin(serving, f"/adapters/{second}/promote", {"reason": "swap under load"})["active"]}
 
-    # roll back under load: the previous version serves again, loaded beside (never in place of) the other
-    replies = under_load(serving, lambda: admin(serving, "/rollback", {"reason": "rollback under load"}))
+    replies, switch_s = under_load(serving, promote)
     assert {r["adapter_version"] for r in replies} <= {first, second}
-    assert wait_until_served(serving, first, timeout_s=2.0) < 2.0
+    assert switch_s < 2.0, f"{second} served {switch_s:.2f}s after the pointer moved"
+
+    # roll back under load: the previous version serves again (it stayed loaded: no load on the way)
+    def rollback() -> dict:
+        return {"wanted": admin(serving, "/rollback", {"reason": "rollback under load"})["active"]}
+
+    replies, switch_s = under_load(serving, rollback)
+    assert {r["adapter_version"] for r in replies} <= {first, second}
+    assert switch_s < 2.0, f"{first} served {switch_s:.2f}s after the rollback"
     assert [(a["action"], a["version"]) for a in registry.audit()[-3:]] == [
         ("promote", first), ("promote", second), ("rollback", second)]
+    assert registry.read_pointer().active == first
 
 
 def test_corrupt_adapter_fails_to_load_and_the_old_one_keeps_serving(
