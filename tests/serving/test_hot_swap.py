@@ -63,14 +63,14 @@ def under_load(serving: ServingServer, move, requests: int = 16, probe_for_s: fl
 
             chats = [asyncio.create_task(one({**PROMPT, "user": f"u{i}"})) for i in range(requests)]
             await asyncio.sleep(0.5)  # requests are in flight on the old version
-            before = await asyncio.to_thread(move)
+            target = await asyncio.to_thread(move)
             moved = time.monotonic()
             probes: list[tuple[float, asyncio.Task]] = []
             while time.monotonic() - moved < probe_for_s:
                 probes.append((time.monotonic() - moved, asyncio.create_task(one({**PROMPT, "max_tokens": 1}))))
                 await asyncio.sleep(0.1)
             versions = [(sent, (await task)["adapter_version"]) for sent, task in probes]
-            wanted = before["wanted"]
+            wanted = target["wanted"]
             switched = next((i for i, (_, version) in enumerate(versions) if version == wanted), None)
             assert switched is not None, f"{wanted} never served within {probe_for_s}s of the move: {versions}"
             assert all(version == wanted for _, version in versions[switched:]), versions  # no flapping back
