@@ -163,9 +163,14 @@ class AdapterRouter:
             self._publish_metrics()
             log.info("adapters.routed", active=self.version_of(self.active), canary=self.version_of(self.canary),
                      canary_share=self.canary_share, seconds=round(time.perf_counter() - started, 3))
-            for version, adapter in list(self.loaded.items()):
-                if adapter is not self.active and adapter is not self.canary and version != pointer.previous:
+            for adapter in list(self.loaded.values()):
+                if not self._kept(adapter):
                     asyncio.create_task(self._retire(adapter))
+
+    def _kept(self, adapter: LoadedAdapter) -> bool:
+        """Routed to (active or canary), or the rollback target of the applied pointer."""
+        return (adapter is self.active or adapter is self.canary
+                or (self._applied is not None and self._applied.previous == adapter.version))
 
     async def _ensure_loaded(self, version: str) -> LoadedAdapter | None:
         if version in self.loaded:
@@ -199,9 +204,8 @@ class AdapterRouter:
         from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
 
         await adapter.drained.wait()
-        if (adapter is self.active or adapter is self.canary or self.loaded.get(adapter.version) is not adapter
-                or (self._applied is not None and self._applied.previous == adapter.version)):
-            return  # routed to again meanwhile (or the rollback target again), or already retired
+        if self._kept(adapter) or self.loaded.get(adapter.version) is not adapter:
+            return  # wanted again meanwhile, or already retired
         del self.loaded[adapter.version]
         await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=adapter.lora_name))
         await self.engine.remove_lora(adapter.lora_int_id)  # vLLM's unload forgets the name only
