@@ -35,13 +35,13 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class PPOConfig:
-    steps: int = field(default=10, metadata={"help": "PPO steps (rollout + update) per run."})
+    steps: int = field(default=6, metadata={"help": "PPO steps (rollout + update) per run."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per step."})
     minibatch_size: int = field(default=4, metadata={"help": "Rollouts per gradient step."})
     ppo_epochs: int = field(default=2, metadata={"help": "Passes over each step's rollouts."})
     max_new_tokens: int = field(default=48, metadata={"help": "Longest response generated."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts."})
-    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate (LoRA + value head)."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate (LoRA + value head)."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank when not warm-starting from an adapter."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha when not warm-starting."})
     gamma: float = field(default=1.0, metadata={"help": "Discount of GAE."})

@@ -23,7 +23,7 @@ class LearnerSettings(RuntimeSettings):
     )
     ingest_poll_ms: int = Field(default=1000, ge=10, description="Longest wait for new records in one poll, in ms.")
 
-    min_new_feedback: int = Field(default=60, ge=1, description="New ratings that start a training cycle.")
+    min_new_feedback: int = Field(default=40, ge=1, description="New ratings that start a training cycle.")
     max_interval_s: float = Field(
         default=3600, gt=0, description="A cycle also starts this long after the last one, if any new rating arrived."
     )
@@ -72,10 +72,10 @@ class LearnerSettings(RuntimeSettings):
 
     # promotion policy: passing candidates go to canary, live feedback decides (learner/promotion.py)
     canary_share: float = Field(
-        default=0.5, ge=0, le=1, description="Share of users a candidate that passed its gates gets as canary; 0: no automatic "
+        default=0.25, ge=0, le=1, description="Share of users a candidate that passed its gates gets as canary; 0: no automatic "
                                              "canary. One machine with few users needs a large share to learn fast; k8s sets 0.1.",
     )
-    promotion_min_feedback: int = Field(default=40, ge=1, description="Thumbs on the canary before it may become active.")
+    promotion_min_feedback: int = Field(default=20, ge=1, description="Thumbs on the canary before it may become active.")
     promotion_min_duels: int = Field(default=20, ge=1, description="Duels (canary vs active) from which duel wins count for promotion.")
     promotion_margin: float = Field(
         default=0.05, ge=0, le=1, description="Non-inferiority margin: how much worse than the active version the canary may be.",
@@ -84,7 +84,7 @@ class LearnerSettings(RuntimeSettings):
     rollback_margin: float = Field(
         default=0.1, ge=0, le=1, description="Thumb-down rate above the active version's that counts as a spike.",
     )
-    promotion_check_s: float = Field(default=30.0, gt=0, description="How often the learner applies the promotion policy.")
+    promotion_check_s: float = Field(default=15.0, gt=0, description="How often the learner applies the promotion policy.")
 
     @field_validator("gate_guard_model")
     @classmethod

@@ -58,9 +58,9 @@ class SimulationSettings(ServingSettings):
                                                                    "(reading the answer, typing the next question).")
     simulate_rate_share: float = Field(default=0.8, ge=0, le=1, description="Share of plain answers a simulated user rates.")
     simulate_duel_share: float = Field(default=0.25, ge=0, le=1, description="Share of turns a simulated user asks for a duel.")
-    simulate_max_tokens: int = Field(default=96, ge=1, description="max_tokens of simulated users' requests.")
+    simulate_max_tokens: int = Field(default=48, ge=1, description="max_tokens of simulated users' requests.")
     simulate_temperature: float = Field(default=0.7, ge=0, description="Sampling temperature simulated users ask for.")
-    simulate_min_after: int = Field(default=60, ge=2, description="Answers of the promoted adapter before the gain is tested.")
+    simulate_min_after: int = Field(default=40, ge=2, description="Answers of the promoted adapter before the gain is tested.")
     simulate_until_proven: bool = Field(
         default=False, description="Stop once the gain is significant, or after 4x simulate_min_after answers of the "
                                    "promoted adapter, or after simulate_max_minutes.")

@@ -11,6 +11,6 @@ def score(prompt: str, answer: str) -> float:
     words = len(answer.split())
     if words == 0:
         return 0.0
-    concise = 1.0 if words <= 30 else max(0.0, 1.0 - (words - 30) / 50)
+    concise = 1.0 if words <= 20 else max(0.0, 1.0 - (words - 20) / 30)  # none left from 50 words
     asks_back = answer.rstrip().endswith("?")
     return 0.6 * concise + 0.4 * asks_back

@@ -16,7 +16,7 @@ from tests.conftest import ADMIN_TOKEN, ServingServer
 
 pytestmark = pytest.mark.slow
 
-PROMPT = {"model": "rlhf-loop", "messages": [{"role": "user", "content": "Tell me about rivers."}], "max_tokens": 24}
+PROMPT = {"model": "rlhf-loop", "messages": [{"role": "user", "content": "Tell me about rivers."}], "max_tokens": 12}
 
 
 def served_version(serving: ServingServer) -> str | None:
@@ -49,7 +49,7 @@ def admin(serving: ServingServer, path: str, body: dict) -> dict:
     return reply.json()["pointer"]
 
 
-def under_load(serving: ServingServer, move, requests: int = 16, probe_for_s: float = 4.0) -> tuple[list[dict], float]:
+def under_load(serving: ServingServer, move, requests: int = 16, probe_for_s: float = 3.0) -> tuple[list[dict], float]:
     """`requests` concurrent chats; `move()` runs while they are in flight, then a 1-token probe is sent
     every 0.1 s. Every request must succeed. Returns the chats' replies and the seconds from the move
     to the first probe answered by the new version: a request is routed when it arrives, so a probe's
