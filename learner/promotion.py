@@ -5,12 +5,16 @@ margin. Evidence is the feedback stored since the canary started (its `canary` a
 
 - rollback: once the canary has `rollback_min_feedback` thumbs, if the 95% lower bound of its
   thumb-down rate is above the active version's rate + `rollback_margin` (a spike), the canary is
-  rejected (which also takes it out of serving).
+  rejected (which also takes it out of serving). Without a rate of the active side, no spike is called.
 - promote: once it has `promotion_min_feedback` thumbs, if it is not worse than the active version
   with significance (non-inferiority: the 95% lower bound of the thumb-up rate difference is above
   -`promotion_margin`), and, where `promotion_min_duels` duels between the two exist, the 95% lower
   bound of its duel win rate is above 0.5 - `promotion_margin`.
 - otherwise: wait for more feedback.
+
+The active side is measured on the same window when it has thumbs there. When it has none (with few
+users a hash split can put every one of them on the canary), it is measured on its own thumbs from
+before the canary started: the same adapter's record, not a concurrent one, and the reason says so.
 """
 
 from __future__ import annotations
@@ -60,12 +64,7 @@ class Decision:
 def live_stats(events: Iterable, canary: str, active: str | None) -> tuple[LiveStats, LiveStats]:
     """Thumbs (latest per user and response) per version, and duels fought between the two."""
     events = list(events)
-    stats = {canary: LiveStats(), active: LiveStats()}
-    for thumb in latest_thumbs(events):
-        if thumb.adapter_version in stats:
-            side = stats[thumb.adapter_version]
-            side.thumbs += 1
-            side.down += thumb.rating == "down"
+    stats = {canary: latest_thumb_stats(events, canary), active: latest_thumb_stats(events, active)}
     for duel in events:
         if not isinstance(duel, PairwiseEvent) or duel.choice == "both_bad":
             continue
@@ -76,6 +75,16 @@ def live_stats(events: Iterable, canary: str, active: str | None) -> tuple[LiveS
         stats[canary].duels += 1
         stats[canary].duel_wins += 1.0 if duel.choice == canary_side else 0.5 if duel.choice == "tie" else 0.0
     return stats[canary], stats[active]
+
+
+def latest_thumb_stats(events: Iterable, version: str | None) -> LiveStats:
+    """Thumbs (latest per user and response) on one version (None: the base model)."""
+    stats = LiveStats()
+    for thumb in latest_thumbs(events):
+        if thumb.adapter_version == version:
+            stats.thumbs += 1
+            stats.down += thumb.rating == "down"
+    return stats
 
 
 def dashboard_stats(events: Iterable, now: datetime) -> dict:
@@ -114,7 +123,7 @@ def difference_lower_bound(a: LiveStats, b: LiveStats, z: float = 1.96) -> float
 def decide(canary: LiveStats, active: LiveStats, settings: LearnerSettings) -> Decision:
     figures = {"canary": asdict(canary) | {"down_rate": canary.down_rate, "up_rate": canary.up_rate},
                "active": asdict(active) | {"down_rate": active.down_rate, "up_rate": active.up_rate}}
-    if canary.thumbs >= settings.rollback_min_feedback:
+    if canary.thumbs >= settings.rollback_min_feedback and active.thumbs:  # a spike needs a rate to compare with
         low = wilson(canary.down, canary.thumbs)[0]
         if low > active.down_rate + settings.rollback_margin:
             return Decision("rollback", f"thumb-down spike: canary {canary.down_rate:.0%} (95% lower bound {low:.0%}) vs "
@@ -144,8 +153,14 @@ def check(registry: Registry, feedback_since: Callable[[datetime | None], list],
     pointer = registry.read_pointer()
     if pointer.canary is None:
         return None
-    decision = decide(*live_stats(feedback_since(canary_started_at(registry, pointer.canary)), pointer.canary,
-                                  pointer.active), settings)
+    started = canary_started_at(registry, pointer.canary)
+    canary, active = live_stats(feedback_since(started), pointer.canary, pointer.active)
+    before_canary = active.thumbs == 0 and started is not None
+    if before_canary:  # no user on the active side rated since the canary started
+        active = latest_thumb_stats([e for e in feedback_since(None) if e.occurred_at < started], pointer.active)
+    decision = decide(canary, active, settings)
+    if before_canary:
+        decision.reason += " (active side: its thumbs before the canary started; none since)"
     if decision.action == "promote":
         registry.promote(pointer.canary, actor=ACTOR, reason=decision.reason)
     elif decision.action == "rollback":

@@ -87,3 +87,31 @@ def test_check_promotes_or_rolls_back_the_running_canary(tmp_path: Path) -> None
     pointer = registry.read_pointer()
     assert pointer.active == "v0002" and pointer.canary is None and "v0003" in pointer.rejected
     assert [(a["action"], a["actor"]) for a in registry.audit()[-2:]] == [("canary", "learner"), ("reject", "canary-policy")]
+
+
+def test_with_every_user_on_the_canary_the_active_side_is_its_record_before_the_canary(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    registry = Registry(tmp_path / "registry")
+    registry.publish(adapter, {}, {"passed": True, "gates": []})
+    base_before = thumbs(None, 40, 160, "b")  # the base model's record, rated before the canary started
+    registry.canary("v0001", 1.0, actor="learner", reason="passed gates")
+    canary_thumbs = thumbs("v0001", 150, 50)  # every user is on the canary: none on the base model since
+
+    decision = check(registry, [*base_before, *canary_thumbs], SETTINGS)
+    assert decision.active["thumbs"] == 200 and decision.active["up_rate"] == 0.2, decision
+    assert decision.action == "promote" and "before the canary started" in decision.reason
+    assert registry.read_pointer().active == "v0001"
+
+
+def test_without_any_record_of_the_active_side_the_canary_waits(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    registry = Registry(tmp_path / "registry")
+    registry.publish(adapter, {}, {"passed": True, "gates": []})
+    registry.canary("v0001", 1.0, actor="learner", reason="passed gates")
+    decision = check(registry, thumbs("v0001", 150, 50), SETTINGS)
+    assert decision.action == "wait" and decision.active["thumbs"] == 0
+    assert registry.read_pointer().canary == "v0001"
