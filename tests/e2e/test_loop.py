@@ -36,6 +36,8 @@ SMALL = {
                             "rollout_kv_cache_mib": 128}),
     "RLHF_GATE_SAMPLES": "1", "RLHF_GATE_MAX_NEW_TOKENS": "16",
     # promote on the first few thumbs whatever they say: this test is about the plumbing
+    # (at 0.5 all three simulated users hash onto the canary: the active side is the base model's thumbs
+    # from before the canary started)
     "RLHF_CANARY_SHARE": "0.5", "RLHF_PROMOTION_MIN_FEEDBACK": "3", "RLHF_PROMOTION_MARGIN": "1",
     "RLHF_PROMOTION_MIN_DUELS": "100000", "RLHF_ROLLBACK_MIN_FEEDBACK": "100000", "RLHF_PROMOTION_CHECK_S": "2",
     # short answers: ratings within seconds, and serving leaves the two cores to training
