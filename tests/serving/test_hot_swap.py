@@ -49,12 +49,13 @@ def admin(serving: ServingServer, path: str, body: dict) -> dict:
     return reply.json()["pointer"]
 
 
-def under_load(serving: ServingServer, move, requests: int = 16, probe_for_s: float = 3.0) -> tuple[list[dict], float]:
+def under_load(serving: ServingServer, move, requests: int = 8, timeout_s: float = 60.0) -> list[dict]:
     """`requests` concurrent chats; `move()` runs while they are in flight, then a 1-token probe is sent
-    every 0.1 s. Every request must succeed. Returns the chats' replies and the seconds from the move
-    to the first probe answered by the new version: a request is routed when it arrives, so a probe's
-    version says what serving routed to at its send time, however long the busy engine takes to answer."""
-    async def run() -> tuple[list[dict], float]:
+    every 0.1 s until one is answered by the new version, and for 1 s after. Every request must succeed,
+    and once a probe got the new version no later one gets the old (a request is routed when it
+    arrives, so a probe's version says what serving routed to at its send time). How long the switch
+    takes is measured by `make bench` (tests/bench/hotswap.py), not asserted here."""
+    async def run() -> list[dict]:
         async with httpx.AsyncClient(timeout=300) as client:
             async def one(body: dict) -> dict:
                 response = await client.post(f"{serving.base_url}/v1/chat/completions", json=body)
@@ -63,22 +64,31 @@ def under_load(serving: ServingServer, move, requests: int = 16, probe_for_s: fl
 
             chats = [asyncio.create_task(one({**PROMPT, "user": f"u{i}"})) for i in range(requests)]
             await asyncio.sleep(0.5)  # requests are in flight on the old version
-            target = await asyncio.to_thread(move)
+            wanted = (await asyncio.to_thread(move))["wanted"]
             moved = time.monotonic()
             probes: list[tuple[float, asyncio.Task]] = []
-            while time.monotonic() - moved < probe_for_s:
+            new_seen: float | None = None
+            while time.monotonic() - moved < timeout_s and (new_seen is None or time.monotonic() - new_seen < 1.0):
                 probes.append((time.monotonic() - moved, asyncio.create_task(one({**PROMPT, "max_tokens": 1}))))
                 await asyncio.sleep(0.1)
+                if new_seen is None and any(task.done() and task.exception() is None
+                                            and task.result()["adapter_version"] == wanted for _, task in probes):
+                    new_seen = time.monotonic()
             versions = [(sent, (await task)["adapter_version"]) for sent, task in probes]
-            wanted = target["wanted"]
             switched = next((i for i, (_, version) in enumerate(versions) if version == wanted), None)
-            assert switched is not None, f"{wanted} never served within {probe_for_s}s of the move: {versions}"
+            assert switched is not None, f"{wanted} never served within {timeout_s}s of the move: {versions}"
             assert all(version == wanted for _, version in versions[switched:]), versions  # no flapping back
-            return await asyncio.gather(*chats), versions[switched][0]
+            return await asyncio.gather(*chats)
 
-    replies, switch_s = asyncio.run(run())
+    replies = asyncio.run(run())
     assert len(replies) == requests and all(r["choices"][0]["message"]["content"] is not None for r in replies)
-    return replies, switch_s
+    return replies
+
+
+def loads_of(serving: ServingServer, version: str) -> int:
+    """How often serving loaded `version` into the engine (its structured log)."""
+    return sum(1 for line in serving.log_path.read_text().splitlines()
+               if '"adapters.loaded"' in line and f'"version": "{version}"' in line)
 
 
 def test_promote_then_rollback_through_the_admin_api_under_load_fails_none(
@@ -93,17 +103,17 @@ def test_promote_then_rollback_through_the_admin_api_under_load_fails_none(
     def promote() -> dict:
         return {"wanted": admin(serving, f"/adapters/{second}/promote", {"reason": "swap under load"})["active"]}
 
-    replies, switch_s = under_load(serving, promote)
+    replies = under_load(serving, promote)
     assert {r["adapter_version"] for r in replies} <= {first, second}
-    assert switch_s < 2.0, f"{second} served {switch_s:.2f}s after the pointer moved"
 
     # roll back under load: the previous version serves again (it stayed loaded: no load on the way)
     def rollback() -> dict:
         return {"wanted": admin(serving, "/rollback", {"reason": "rollback under load"})["active"]}
 
-    replies, switch_s = under_load(serving, rollback)
+    loads_before = loads_of(serving, first)
+    replies = under_load(serving, rollback)
     assert {r["adapter_version"] for r in replies} <= {first, second}
-    assert switch_s < 2.0, f"{first} served {switch_s:.2f}s after the rollback"
+    assert loads_of(serving, first) == loads_before, "the rollback target was loaded again"
     assert [(a["action"], a["version"]) for a in registry.audit()[-3:]] == [
         ("promote", first), ("promote", second), ("rollback", second)]
     assert registry.read_pointer().active == first
