@@ -67,13 +67,19 @@ def test_decisions() -> None:
     assert spike.action == "rollback" and "thumb-down spike" in spike.reason
 
 
-def test_check_promotes_or_rolls_back_the_running_canary(tmp_path: Path) -> None:
+def registry_of(tmp_path: Path, versions: int) -> Registry:
+    """A registry holding `versions` published versions that passed their gates."""
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     registry = Registry(tmp_path / "registry")
-    for _ in range(3):
+    for _ in range(versions):
         registry.publish(adapter, {}, {"passed": True, "gates": []})
+    return registry
+
+
+def test_check_promotes_or_rolls_back_the_running_canary(tmp_path: Path) -> None:
+    registry = registry_of(tmp_path, 3)
     registry.promote("v0001", actor="t", reason="start")
     assert check(registry, [], SETTINGS) is None  # no canary: nothing to decide
 
@@ -90,11 +96,7 @@ def test_check_promotes_or_rolls_back_the_running_canary(tmp_path: Path) -> None
 
 
 def test_with_every_user_on_the_canary_the_active_side_is_its_record_before_the_canary(tmp_path: Path) -> None:
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    registry = Registry(tmp_path / "registry")
-    registry.publish(adapter, {}, {"passed": True, "gates": []})
+    registry = registry_of(tmp_path, 1)
     base_before = thumbs(None, 40, 160, "b")  # the base model's record, rated before the canary started
     registry.canary("v0001", 1.0, actor="learner", reason="passed gates")
     canary_thumbs = thumbs("v0001", 150, 50)  # every user is on the canary: none on the base model since
@@ -106,11 +108,7 @@ def test_with_every_user_on_the_canary_the_active_side_is_its_record_before_the_
 
 
 def test_without_any_record_of_the_active_side_the_canary_waits(tmp_path: Path) -> None:
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    registry = Registry(tmp_path / "registry")
-    registry.publish(adapter, {}, {"passed": True, "gates": []})
+    registry = registry_of(tmp_path, 1)
     registry.canary("v0001", 1.0, actor="learner", reason="passed gates")
     decision = check(registry, thumbs("v0001", 150, 50), SETTINGS)
     assert decision.action == "wait" and decision.active["thumbs"] == 0
