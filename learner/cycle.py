@@ -1,6 +1,7 @@
 """One training cycle: stored feedback -> reward-model refresh -> PPO -> gates -> candidate in the
-registry; a candidate that passed its gates starts as canary (RLHF_CANARY_SHARE), and the
-promotion policy (learner/promotion.py) decides on live feedback whether it becomes active.
+registry; a candidate that passed its gates starts as canary (RLHF_CANARY_SHARE; it replaces an older
+canary the learner started), and the promotion policy (learner/promotion.py) decides on live feedback
+whether it becomes active.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import structlog
 from learner import dataset
 from learner.gates import run_gates
 from learner.ingest import EventStore
+from learner.promotion import start_canary
 from learner.ppo import PPOConfig, PPOTrainer, write_history
 from learner.registry import Registry
 from learner.reward_model import RewardConfig, load_current, refresh
@@ -90,9 +92,7 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
         "ppo_final": history[-1] if history else None, "run": str(run_dir),
         "ppo_history": [{"step": row["step"], "reward": row["objective/scores"], "kl": row["objective/kl"]} for row in history],
     }, gate_report)
-    canary = gate_report["passed"] and settings.canary_share > 0 and registry.read_pointer().canary is None
-    if canary:
-        registry.canary(candidate, settings.canary_share, actor="learner", reason="passed its gates")
+    canary = gate_report["passed"] and start_canary(registry, candidate, settings)
     (run_dir / "report.json").write_text(json.dumps({"candidate": candidate, "parent": parent, "reward_model": rm_version,
                                                      "gates_passed": gate_report["passed"], "canary": canary}))
     log.info("cycle.published", candidate=candidate, parent=parent, reward_model=rm_version,

@@ -12,6 +12,9 @@ margin. Evidence is the feedback stored since the canary started (its `canary` a
   bound of its duel win rate is above 0.5 - `promotion_margin`.
 - otherwise: wait for more feedback.
 
+A training cycle's candidate that passed its gates starts as canary (`start_canary`); a newer one
+replaces a canary the learner started (`canary_supersede`), never one an operator started.
+
 The active side is measured on the same window when it has thumbs there. When it has none (with few
 users a hash split can put every one of them on the canary), it is measured on its own thumbs from
 before the canary started: the same adapter's record, not a concurrent one, and the reason says so.
@@ -35,6 +38,7 @@ from learner.settings import LearnerSettings
 log = structlog.get_logger(__name__)
 
 ACTOR = "canary-policy"
+LEARNER = "learner"  # the actor of canaries a training cycle starts
 
 
 @dataclass
@@ -142,9 +146,34 @@ def decide(canary: LiveStats, active: LiveStats, settings: LearnerSettings) -> D
                                f"and {canary.duels} duels", **figures)
 
 
+def canary_start(registry: Registry, canary: str) -> dict | None:
+    """The audit line that started the running canary `canary` (who, when), if any."""
+    starts = [row for row in registry.audit() if row["action"] == "canary" and row["version"] == canary]
+    return starts[-1] if starts else None
+
+
 def canary_started_at(registry: Registry, canary: str) -> datetime | None:
-    starts = [row["at"] for row in registry.audit() if row["action"] == "canary" and row["version"] == canary]
-    return datetime.fromisoformat(starts[-1]) if starts else None
+    start = canary_start(registry, canary)
+    return datetime.fromisoformat(start["at"]) if start else None
+
+
+def start_canary(registry: Registry, candidate: str, settings: LearnerSettings) -> bool:
+    """Serve a candidate that passed its gates as canary, if the slot is free or (canary_supersede)
+    held by an older canary the learner started: a newer candidate, trained on more feedback from
+    the same active version, restarts the live comparison instead of queueing behind it."""
+    if settings.canary_share <= 0:
+        return False
+    running = registry.read_pointer().canary
+    reason = "passed its gates"
+    if running is not None:
+        start = canary_start(registry, running)
+        if not settings.canary_supersede or start is None or start["actor"] != LEARNER:
+            log.info("canary.slot_taken", candidate=candidate, canary=running)
+            return False
+        reason += f"; supersedes canary {running}"
+    registry.canary(candidate, settings.canary_share, actor=LEARNER, reason=reason)
+    log.info("canary.started", version=candidate, share=settings.canary_share, superseded=running)
+    return True
 
 
 def check(registry: Registry, feedback_since: Callable[[datetime | None], list], settings: LearnerSettings

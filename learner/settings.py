@@ -23,7 +23,10 @@ class LearnerSettings(RuntimeSettings):
     )
     ingest_poll_ms: int = Field(default=1000, ge=10, description="Longest wait for new records in one poll, in ms.")
 
-    min_new_feedback: int = Field(default=40, ge=1, description="New ratings that start a training cycle.")
+    min_new_feedback: int = Field(
+        default=120, ge=1, description="New ratings that start a training cycle; from fewer, the reward model is too weak "
+                                       "to steer PPO (in make demo, 40 ratings gave no measurable gain).",
+    )
     max_interval_s: float = Field(
         default=3600, gt=0, description="A cycle also starts this long after the last one, if any new rating arrived."
     )
@@ -74,6 +77,10 @@ class LearnerSettings(RuntimeSettings):
     canary_share: float = Field(
         default=0.25, ge=0, le=1, description="Share of users a candidate that passed its gates gets as canary; 0: no automatic "
                                              "canary. One machine with few users needs a large share to learn fast; k8s sets 0.1.",
+    )
+    canary_supersede: bool = Field(
+        default=True, description="A newer candidate that passed its gates replaces a running canary the learner started "
+                                  "(as Flagger restarts the analysis on a new revision); an operator's canary is never replaced.",
     )
     promotion_min_feedback: int = Field(default=20, ge=1, description="Thumbs on the canary before it may become active.")
     promotion_min_duels: int = Field(default=20, ge=1, description="Duels (canary vs active) from which duel wins count for promotion.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from feedback.events import PairwiseEvent, ThumbEvent
-from learner.promotion import LiveStats, dashboard_stats, decide, live_stats
+from learner.promotion import LiveStats, dashboard_stats, decide, live_stats, start_canary
 from learner.promotion import check as check_with
 from learner.registry import Registry
 from learner.settings import LearnerSettings
@@ -113,3 +113,20 @@ def test_without_any_record_of_the_active_side_the_canary_waits(tmp_path: Path) 
     decision = check(registry, thumbs("v0001", 150, 50), SETTINGS)
     assert decision.action == "wait" and decision.active["thumbs"] == 0
     assert registry.read_pointer().canary == "v0001"
+
+
+def test_a_newer_candidate_supersedes_the_learners_canary_but_never_an_operators(tmp_path: Path) -> None:
+    registry = registry_of(tmp_path, 4)
+    assert not start_canary(registry, "v0001", SETTINGS.model_copy(update={"canary_share": 0.0}))  # no automatic canary
+    assert registry.read_pointer().canary is None
+    assert start_canary(registry, "v0001", SETTINGS)
+    assert start_canary(registry, "v0002", SETTINGS)  # newer, gates passed: takes over the live comparison
+    pointer = registry.read_pointer()
+    assert pointer.canary == "v0002" and pointer.canary_share == SETTINGS.canary_share
+    assert "supersedes canary v0001" in registry.audit()[-1]["reason"]
+    assert not start_canary(registry, "v0003", SETTINGS.model_copy(update={"canary_supersede": False}))
+    assert registry.read_pointer().canary == "v0002"
+
+    registry.canary("v0003", 0.3, actor="alice", reason="try it")  # an operator's canary
+    assert not start_canary(registry, "v0004", SETTINGS)
+    assert registry.read_pointer().canary == "v0003"
