@@ -69,7 +69,7 @@ def main() -> int:
             if time.monotonic() - last_promotion_check >= settings.promotion_check_s:
                 last_promotion_check = time.monotonic()
                 try:
-                    promotion.check(registry, lambda since: store.events(("thumb", "pairwise"), since), settings)
+                    promotion.check(registry, lambda since, until: store.events(("thumb", "pairwise"), since, until), settings)
                 except RegistryError as error:  # an operator moved the pointer meanwhile: decide again next time
                     log.warning("canary.check_refused", error=str(error))
                 now = datetime.now(timezone.utc)

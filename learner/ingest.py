@@ -93,12 +93,13 @@ class EventStore:
             return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM events WHERE event_type = ?", (event_type,)).fetchone()[0]
 
-    def events(self, kinds: tuple[str, ...], since: datetime | None = None) -> list:
-        """Stored events of these types, oldest first, from `since` on (all if None)."""
+    def events(self, kinds: tuple[str, ...], since: datetime | None = None, until: datetime | None = None) -> list:
+        """Stored events of these types, oldest first, from `since` on and before `until` (None: unbounded)."""
         marks = ",".join("?" * len(kinds))
+        before = " AND occurred_at < ?" if until else ""
         rows = self.db.execute(
-            f"SELECT payload FROM events WHERE event_type IN ({marks}) AND occurred_at >= ? ORDER BY occurred_at",
-            (*kinds, since.isoformat() if since else ""),
+            f"SELECT payload FROM events WHERE event_type IN ({marks}) AND occurred_at >= ?{before} ORDER BY occurred_at",
+            (*kinds, since.isoformat() if since else "", *([until.isoformat()] if until else [])),
         )
         return [parse_event(payload.encode()) for (payload,) in rows]
 

@@ -176,17 +176,17 @@ def start_canary(registry: Registry, candidate: str, settings: LearnerSettings) 
     return True
 
 
-def check(registry: Registry, feedback_since: Callable[[datetime | None], list], settings: LearnerSettings
+def check(registry: Registry, feedback: Callable[[datetime | None, datetime | None], list], settings: LearnerSettings
           ) -> Decision | None:
-    """Apply the policy to the running canary (if any) on `feedback_since(canary start)`."""
+    """Apply the policy to the running canary (if any) on `feedback(since=canary start, until=None)`."""
     pointer = registry.read_pointer()
     if pointer.canary is None:
         return None
     started = canary_started_at(registry, pointer.canary)
-    canary, active = live_stats(feedback_since(started), pointer.canary, pointer.active)
+    canary, active = live_stats(feedback(started, None), pointer.canary, pointer.active)
     before_canary = active.thumbs == 0 and started is not None
     if before_canary:  # no user on the active side rated since the canary started
-        active = latest_thumb_stats([e for e in feedback_since(None) if e.occurred_at < started], pointer.active)
+        active = latest_thumb_stats(feedback(None, started), pointer.active)
     decision = decide(canary, active, settings)
     if before_canary:
         decision.reason += " (active side: its thumbs before the canary started; none since)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from kafka.consumer.fetcher import ConsumerRecord
@@ -30,3 +31,17 @@ def test_same_event_twice_is_stored_once_and_unknown_versions_are_set_aside(tmp_
     assert reasons == ["unknown_schema_version", "malformed"]
     store.close()
     assert EventStore(tmp_path / "events.sqlite").count() == 1  # durable across a reopen
+
+
+def test_events_between_since_and_until(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.sqlite")
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    thumbs = [ThumbEvent(conversation_id=f"c{i}", response_id=f"r{i}", adapter_version=None, user_id="u", rating="up",
+                         occurred_at=start + timedelta(minutes=i)) for i in range(3)]
+    store.store([record(t.to_wire(), i) for i, t in enumerate(thumbs)])
+    ids = lambda **bounds: [e.response_id for e in store.events(("thumb",), **bounds)]  # noqa: E731
+    assert ids() == ["r0", "r1", "r2"]
+    assert ids(since=thumbs[1].occurred_at) == ["r1", "r2"]
+    assert ids(until=thumbs[1].occurred_at) == ["r0"]
+    assert ids(since=thumbs[1].occurred_at, until=thumbs[2].occurred_at) == ["r1"]
+    store.close()

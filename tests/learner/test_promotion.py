@@ -3,17 +3,25 @@ evidence, wait otherwise, roll back a thumb-down spike; applied to the registry 
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from feedback.events import PairwiseEvent, ThumbEvent
 from learner.promotion import LiveStats, dashboard_stats, decide, live_stats, start_canary
 from learner.promotion import check as check_with
+from learner.ingest import EventStore
 from learner.registry import Registry
 from learner.settings import LearnerSettings
+from tests.learner.test_ingest import record
 
 def check(registry: Registry, events: list, settings: LearnerSettings):
-    """The policy on these events, filtered the way the learner's store filters them."""
-    return check_with(registry, lambda since: [e for e in events if since is None or e.occurred_at >= since], settings)
+    """The policy on these events, read from the learner's store as the learner reads them."""
+    store = EventStore(Path(registry.root).parent / f"events-{uuid.uuid4().hex}.sqlite")
+    store.store([record(event.to_wire(), offset) for offset, event in enumerate(events)])
+    try:
+        return check_with(registry, lambda since, until: store.events(("thumb", "pairwise"), since, until), settings)
+    finally:
+        store.close()
 
 
 SETTINGS = LearnerSettings(_env_file=None, promotion_min_feedback=100, promotion_min_duels=20, promotion_margin=0.05,
