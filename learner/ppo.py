@@ -54,6 +54,10 @@ class PPOConfig:
     kl_horizon: int = field(default=1000, metadata={"help": "Horizon of the adaptive KL controller."})
     kl_estimator: Literal["k1", "k3"] = field(default="k3", metadata={"help": "Per-token KL estimator in the reward."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
+    score_baseline: Literal["batch_mean", "none"] = field(default="batch_mean", metadata={"help": (
+        "Subtract the batch's mean reward-model score before GAE. The value head starts at zero, so with "
+        "'none' an all-negative score (reward models sit near -1.5) lands on each end-of-answer token while "
+        "GAE's lambda fades it from early tokens: whitened, that rewards not stopping and answers grow longer.")})
     reference: Literal["base", "incumbent"] = field(default="base", metadata={"help": "KL reference: base model or incumbent adapter."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
     rollout_kv_cache_mib: int = field(default=256, metadata={"help": "KV cache of the rollout engine, in MiB (one batch of rollouts)."})
@@ -271,7 +275,7 @@ class PPOTrainer:
         # 4. rewards: score on the last token, KL penalty on every token; GAE
         t = time.perf_counter()
         kl = M.kl_per_token(old_logprobs, ref_logprobs, c.kl_estimator) * batch.mask  # (B, T)
-        rewards = M.token_rewards(scores, kl, batch.mask, self.kl.value)
+        rewards = M.token_rewards(M.baseline(scores, c.score_baseline), kl, batch.mask, self.kl.value)
         if c.whiten_rewards:
             rewards = M.masked_whiten(rewards, batch.mask, shift_mean=False) * batch.mask
         advantages, returns = M.gae(rewards, old_values, batch.mask, c.gamma, c.lam)

@@ -60,6 +60,13 @@ class AdaptiveKLController:
         self.value *= 1 + proportional_error * n_steps / self.horizon
 
 
+def baseline(scores: torch.Tensor, kind: Literal["batch_mean", "none"]) -> torch.Tensor:
+    """Scores (B,) less a baseline: the batch mean, as REINFORCE with a baseline (Williams 1992) and
+    ReMax/RLOO do. A constant offset of the reward model then moves no advantage, whatever the value
+    head has learnt so far."""
+    return scores - scores.mean() if kind == "batch_mean" else scores
+
+
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """Per-token reward, (B, T): -kl_coef * KL on every token, plus the reward-model score (B,)
     on the last real token of each response."""

@@ -8,8 +8,9 @@ margin. Evidence is the feedback stored since the canary started (its `canary` a
   rejected (which also takes it out of serving). Without a rate of the active side, no spike is called.
 - promote: once it has `promotion_min_feedback` thumbs, if it is not worse than the active version
   with significance (non-inferiority: the 95% lower bound of the thumb-up rate difference is above
-  -`promotion_margin`), and, where `promotion_min_duels` duels between the two exist, the 95% lower
-  bound of its duel win rate is above 0.5 - `promotion_margin`.
+  -`promotion_margin`) and it does not lose its duels (below).
+- duels: where `promotion_min_duels` duels between the two exist, a canary whose duel win rate (ties
+  half) has a 95% upper bound below 0.5 - `promotion_margin` is rejected.
 - otherwise: wait for more feedback.
 
 A training cycle's candidate that passed its gates starts as canary (`start_canary`); a newer one
@@ -139,9 +140,11 @@ def decide(canary: LiveStats, active: LiveStats, settings: LearnerSettings) -> D
         return Decision("wait", f"thumb-up rate not shown non-inferior: lower bound of the difference {bound:+.3f} "
                                 f"<= -{settings.promotion_margin}", **figures)
     if canary.duels >= settings.promotion_min_duels:
-        low = wilson(canary.duel_wins, canary.duels)[0]
-        if low <= 0.5 - settings.promotion_margin:
-            return Decision("wait", f"duel win rate lower bound {low:.2f} <= {0.5 - settings.promotion_margin:.2f}", **figures)
+        # a guard, not a second proof: showing a 0.5 win rate non-inferior within 0.05 takes ~400 duels
+        high = wilson(canary.duel_wins, canary.duels)[1]
+        if high < 0.5 - settings.promotion_margin:
+            return Decision("rollback", f"loses its duels: win rate upper bound {high:.2f} < "
+                                        f"{0.5 - settings.promotion_margin:.2f} on {canary.duels} duels", **figures)
     return Decision("promote", f"non-inferior on {canary.thumbs} thumbs (difference lower bound {bound:+.3f}) "
                                f"and {canary.duels} duels", **figures)
 

@@ -83,7 +83,7 @@ class LearnerSettings(RuntimeSettings):
                                   "(as Flagger restarts the analysis on a new revision); an operator's canary is never replaced.",
     )
     promotion_min_feedback: int = Field(default=20, ge=1, description="Thumbs on the canary before it may become active.")
-    promotion_min_duels: int = Field(default=20, ge=1, description="Duels (canary vs active) from which duel wins count for promotion.")
+    promotion_min_duels: int = Field(default=20, ge=1, description="Duels (canary vs active) from which a canary that significantly loses them is rejected.")
     promotion_margin: float = Field(
         default=0.05, ge=0, le=1, description="Non-inferiority margin: how much worse than the active version the canary may be.",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from learner.ppo_math import (
-    AdaptiveKLController, gae, kl_per_token, masked_mean, masked_whiten, policy_loss, token_rewards, value_loss,
+    AdaptiveKLController, baseline, gae, kl_per_token, masked_mean, masked_whiten, policy_loss, token_rewards, value_loss,
 )
 
 
@@ -81,6 +81,29 @@ def test_rewards_put_the_score_on_the_last_real_token() -> None:
     mask = torch.tensor([[1.0, 1, 1, 0], [1.0, 1, 1, 1]])
     rewards = token_rewards(torch.tensor([5.0, -1.0]), kl, mask, kl_coef=0.1)
     assert torch.allclose(rewards, torch.tensor([[-0.1, -0.1, 4.9, 0.0], [-0.1, -0.1, -0.1, -1.1]]))
+
+
+def _advantages(scores: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """Step 4 of a PPO step with no KL and an untrained (zero) value head."""
+    rewards = token_rewards(baseline(scores, kind), torch.zeros_like(mask), mask, kl_coef=0.1)
+    advantages, _ = gae(rewards, torch.zeros_like(mask), mask, gamma=1.0, lam=0.95)
+    return masked_whiten(advantages, mask) * mask
+
+
+def test_without_a_baseline_equal_negative_scores_push_against_stopping_early() -> None:
+    mask = torch.tensor([[1.0, 1, 0, 0, 0, 0], [1.0, 1, 1, 1, 1, 1]])  # a short and a long answer
+    same = torch.tensor([-1.5, -1.5])  # the reward model cannot tell them apart
+    biased = _advantages(same, mask, "none")
+    assert biased[0, 1] < 0 < biased[1, 0]  # the short answer's end is blamed, the long one's start credited
+    assert torch.all(_advantages(same, mask, "batch_mean") == 0)  # with the baseline: no preference at all
+
+
+def test_with_the_batch_mean_baseline_a_constant_score_offset_changes_no_advantage() -> None:
+    torch.manual_seed(5)
+    mask = (torch.arange(8)[None, :] < torch.tensor([[3], [8], [5], [1]])).float()
+    scores = torch.randn(4)
+    assert torch.allclose(_advantages(scores, mask, "batch_mean"), _advantages(scores - 1.5, mask, "batch_mean"), atol=1e-5)
+    assert not torch.allclose(_advantages(scores, mask, "none"), _advantages(scores - 1.5, mask, "none"), atol=1e-2)
 
 
 def test_clipped_policy_loss_and_clip_fraction() -> None:

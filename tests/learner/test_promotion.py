@@ -70,7 +70,10 @@ def test_decisions() -> None:
     decision = decide(worse, equal, SETTINGS)
     assert decision.action == "wait" and "not shown non-inferior" in decision.reason
     losing_duels = LiveStats(thumbs=200, down=24, duels=40, duel_wins=10)
-    assert decide(losing_duels, equal, SETTINGS).action == "wait"
+    lost = decide(losing_duels, equal, SETTINGS)
+    assert lost.action == "rollback" and "loses its duels" in lost.reason
+    even_duels = LiveStats(thumbs=200, down=24, duels=52, duel_wins=26.5)  # mostly ties: even, not worse
+    assert decide(even_duels, equal, SETTINGS).action == "promote"
     spike = decide(LiveStats(thumbs=25, down=15), equal, SETTINGS)
     assert spike.action == "rollback" and "thumb-down spike" in spike.reason
 
