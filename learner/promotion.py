@@ -133,18 +133,18 @@ def decide(canary: LiveStats, active: LiveStats, settings: LearnerSettings) -> D
         if low > active.down_rate + settings.rollback_margin:
             return Decision("rollback", f"thumb-down spike: canary {canary.down_rate:.0%} (95% lower bound {low:.0%}) vs "
                                         f"active {active.down_rate:.0%} + margin {settings.rollback_margin:.0%}", **figures)
-    if canary.thumbs < settings.promotion_min_feedback:
-        return Decision("wait", f"{canary.thumbs} of {settings.promotion_min_feedback} thumbs on the canary", **figures)
-    bound = difference_lower_bound(canary, active)
-    if bound <= -settings.promotion_margin:
-        return Decision("wait", f"thumb-up rate not shown non-inferior: lower bound of the difference {bound:+.3f} "
-                                f"<= -{settings.promotion_margin}", **figures)
     if canary.duels >= settings.promotion_min_duels:
         # a guard, not a second proof: showing a 0.5 win rate non-inferior within 0.05 takes ~400 duels
         high = wilson(canary.duel_wins, canary.duels)[1]
         if high < 0.5 - settings.promotion_margin:
             return Decision("rollback", f"loses its duels: win rate upper bound {high:.2f} < "
                                         f"{0.5 - settings.promotion_margin:.2f} on {canary.duels} duels", **figures)
+    if canary.thumbs < settings.promotion_min_feedback:
+        return Decision("wait", f"{canary.thumbs} of {settings.promotion_min_feedback} thumbs on the canary", **figures)
+    bound = difference_lower_bound(canary, active)
+    if bound <= -settings.promotion_margin:
+        return Decision("wait", f"thumb-up rate not shown non-inferior: lower bound of the difference {bound:+.3f} "
+                                f"<= -{settings.promotion_margin}", **figures)
     return Decision("promote", f"non-inferior on {canary.thumbs} thumbs (difference lower bound {bound:+.3f}) "
                                f"and {canary.duels} duels", **figures)
 

@@ -72,6 +72,8 @@ def test_decisions() -> None:
     losing_duels = LiveStats(thumbs=200, down=24, duels=40, duel_wins=10)
     lost = decide(losing_duels, equal, SETTINGS)
     assert lost.action == "rollback" and "loses its duels" in lost.reason
+    few_thumbs_lost = decide(LiveStats(thumbs=5, down=1, duels=40, duel_wins=10), equal, SETTINGS)
+    assert few_thumbs_lost.action == "rollback"  # lost duels reject without waiting for thumbs
     even_duels = LiveStats(thumbs=200, down=24, duels=52, duel_wins=26.5)  # mostly ties: even, not worse
     assert decide(even_duels, equal, SETTINGS).action == "promote"
     spike = decide(LiveStats(thumbs=25, down=15), equal, SETTINGS)
