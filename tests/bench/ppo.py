@@ -246,6 +246,7 @@ def main() -> int:
             "warmup_steps": args.warmup_steps, "steps": args.steps, "batch_size": args.batch_size,
             "minibatch_size": args.minibatch_size, "ppo_epochs": args.ppo_epochs, "max_new_tokens": args.max_new_tokens,
             "temperature": 1.0, "learning_rate": args.learning_rate, "kl_coef": 0.05, "kl_estimator": "k3",
+            "score_baseline": PPOConfig().score_baseline,  # run_ours keeps the default
             "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
             "dtype": "float32", "device": "cpu", "prompts": [p[0][1] for p in prompts], "vllm_kv_cache_mib": args.kv_cache_mib,
         },
