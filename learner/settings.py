@@ -75,8 +75,8 @@ class LearnerSettings(RuntimeSettings):
 
     # promotion policy: passing candidates go to canary, live feedback decides (learner/promotion.py)
     canary_share: float = Field(
-        default=0.25, ge=0, le=1, description="Share of users a candidate that passed its gates gets as canary; 0: no automatic "
-                                             "canary. One machine with few users needs a large share to learn fast; k8s sets 0.1.",
+        default=0.5, ge=0, le=1, description="Share of users a candidate that passed its gates gets as canary; 0: no automatic "
+                                            "canary. One machine with few users needs a large share to learn fast; k8s sets 0.1.",
     )
     canary_supersede: bool = Field(
         default=True, description="A newer candidate that passed its gates replaces a running canary the learner started "
@@ -85,7 +85,8 @@ class LearnerSettings(RuntimeSettings):
     promotion_min_feedback: int = Field(default=20, ge=1, description="Thumbs on the canary before it may become active.")
     promotion_min_duels: int = Field(default=20, ge=1, description="Duels (canary vs active) from which a canary that significantly loses them is rejected.")
     promotion_margin: float = Field(
-        default=0.05, ge=0, le=1, description="Non-inferiority margin: how much worse than the active version the canary may be.",
+        default=0.1, ge=0, le=1, description="Non-inferiority margin: how much worse than the active version's thumb-up rate "
+                                            "the canary may be. 0.1 lets a few users decide within minutes; k8s sets 0.05.",
     )
     rollback_min_feedback: int = Field(default=20, ge=1, description="Thumbs on the canary before a thumb-down spike can roll it back.")
     rollback_margin: float = Field(
