@@ -116,6 +116,9 @@ def make_consumer(settings: LearnerSettings) -> KafkaConsumer:
         enable_auto_commit=False,  # we commit after the store is durable
         auto_offset_reset="earliest",
         max_poll_records=settings.ingest_batch_size,
+        # a learner killed without leaving the group holds its partitions until this runs out
+        session_timeout_ms=int(settings.consumer_session_timeout_s * 1000),
+        heartbeat_interval_ms=min(3000, int(settings.consumer_session_timeout_s * 1000) // 3),
     )
 
 

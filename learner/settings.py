@@ -14,6 +14,10 @@ class LearnerSettings(RuntimeSettings):
     """Env prefix `RLHF_`, shared with the other processes (see feedback.settings)."""
 
     consumer_group: str = Field(default="rlhf-learner", min_length=1, description="Kafka consumer group of the learner.")
+    consumer_session_timeout_s: float = Field(
+        default=10.0, ge=1, le=1800, description="Kafka consumer session timeout: how soon the group notices a dead "
+                                                 "learner (heartbeats every third of it); Kafka's own default is 45.",
+    )
     ingest_batch_size: int = Field(default=500, ge=1, description="Most records stored (and committed) per poll.")
     learner_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the learner's Prometheus /metrics; 0: off."

@@ -18,7 +18,7 @@ from tests.conftest import free_port
 def _consumer(broker: EmbeddedBroker, topic: str, group: str) -> KafkaConsumer:
     return KafkaConsumer(
         topic, bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest", consumer_timeout_ms=60_000,
+        auto_offset_reset="earliest", consumer_timeout_ms=60_000, session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
     )
 
 
