@@ -108,6 +108,7 @@ class EventStore:
 
 
 def make_consumer(settings: LearnerSettings) -> KafkaConsumer:
+    session_ms = int(settings.consumer_session_timeout_s * 1000)
     return KafkaConsumer(
         settings.interactions_topic,
         settings.feedback_topic,
@@ -117,8 +118,8 @@ def make_consumer(settings: LearnerSettings) -> KafkaConsumer:
         auto_offset_reset="earliest",
         max_poll_records=settings.ingest_batch_size,
         # a learner killed without leaving the group holds its partitions until this runs out
-        session_timeout_ms=int(settings.consumer_session_timeout_s * 1000),
-        heartbeat_interval_ms=min(3000, int(settings.consumer_session_timeout_s * 1000) // 3),
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=min(3000, session_ms // 3),
     )
 
 
