@@ -35,14 +35,14 @@ up: install
 	$(BIN)/rlhf-loop up --port $(PORT)
 
 # The loop closed on this machine: simulated users chat and rate until the preference-score gain
-# after the first promotion is tested (at most RLHF_SIMULATE_MAX_MINUTES); the report feeds `make bench`.
+# after the first promotion is tested, once, on RLHF_SIMULATE_TEST_ANSWERS answers (at most RLHF_SIMULATE_MAX_MINUTES); the report feeds `make bench`.
 # Each demo starts from an empty registry and dataset (its own RLHF_HOME) on the prepared model.
 USERS ?= 4
 DEMO_HOME ?= $(HOME)/.cache/rlhf-loop/demo
 demo: install
 	model="$${RLHF_MODEL:-$$($(BIN)/rlhf-loop model prepare)}" && rm -rf $(DEMO_HOME) && \
 		RLHF_HOME=$(DEMO_HOME) RLHF_MODEL="$$model" \
-		$(BIN)/rlhf-loop up --port $(PORT) --simulate-users $(USERS) --until-proven --report bench/results/loop.json
+		$(BIN)/rlhf-loop up --port $(PORT) --simulate-users $(USERS) --until-tested --report bench/results/loop.json
 
 # The browser tests (tests/ui) drive Debian's headless Chromium through its chromedriver.
 BROWSER_STAMP := $(VENV)/.installed-browser

@@ -34,7 +34,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from rlhf_loop.supervisor import Supervisor
 
     settings = _load(SimulationSettings, port=args.port, simulate_users=args.simulate_users,
-                     simulate_until_proven=args.until_proven or None,
+                     simulate_until_tested=args.until_tested or None,
                      simulate_report=args.report.resolve() if args.report else None)
     configure_logging("supervisor")
     if not port_is_free(settings.host, settings.port):
@@ -190,8 +190,9 @@ def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, help="port of the chat API (default: RLHF_PORT, else 8000)")
     up.add_argument("--simulate-users", type=int, metavar="N", help="also run N simulated users who chat and rate by "
                     "a preference plugin (RLHF_SIMULATE_PREFERENCE); they report whether the loop raised their score")
-    up.add_argument("--until-proven", action="store_true", help="with --simulate-users: stop everything once the "
-                    "score gain after the first promotion is tested (or after RLHF_SIMULATE_MAX_MINUTES)")
+    up.add_argument("--until-tested", action="store_true", help="with --simulate-users: stop everything once the "
+                    "score gain after the first promotion is tested on RLHF_SIMULATE_TEST_ANSWERS answers (or after "
+                    "RLHF_SIMULATE_MAX_MINUTES)")
     up.add_argument("--report", type=Path, help="with --simulate-users: where to write the simulation report (JSON)")
     up.set_defaults(func=cmd_up)
 

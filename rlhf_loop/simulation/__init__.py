@@ -7,9 +7,10 @@ the higher score), then think for an exponential while. They use only the public
 feedback tokens, as a person would; nothing of the learner knows the preference.
 
 The simulation also says whether the loop worked: it compares the preference score of answers
-served before the first promotion with answers of the promoted adapter after it (one-sided Welch
-t-test), exposes both in `/metrics`, writes its report (RLHF_HOME/simulation.json) and prints it
-when it stops.
+served before the first promotion with the first `RLHF_SIMULATE_TEST_ANSWERS` answers of the
+promoted adapter after it (one-sided Welch t-test, run once on that sample fixed in advance: testing
+again as answers arrive and stopping at the first p < 0.05 would inflate the false-positive rate),
+exposes both in `/metrics`, writes its report (RLHF_HOME/simulation.json) and prints it when it stops.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib.util
 import json
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -60,11 +62,13 @@ class SimulationSettings(ServingSettings):
     simulate_duel_share: float = Field(default=0.25, ge=0, le=1, description="Share of turns a simulated user asks for a duel.")
     simulate_max_tokens: int = Field(default=48, ge=1, description="max_tokens of simulated users' requests.")
     simulate_temperature: float = Field(default=0.7, ge=0, description="Sampling temperature simulated users ask for.")
-    simulate_min_after: int = Field(default=40, ge=2, description="Answers of the promoted adapter before the gain is tested.")
-    simulate_until_proven: bool = Field(
-        default=False, description="Stop once the gain is significant, or after 4x simulate_min_after answers of the "
-                                   "promoted adapter, or after simulate_max_minutes.")
-    simulate_max_minutes: float = Field(default=30, gt=0, description="Longest simulation with simulate_until_proven.")
+    simulate_test_answers: int = Field(
+        default=120, ge=2, description="Answers of the promoted adapter the gain is tested on: one test on the first "
+                                       "this many after the promotion, a sample size fixed in advance.")
+    simulate_until_tested: bool = Field(
+        default=False, description="Stop once the gain is tested (simulate_test_answers answers of the promoted "
+                                   "adapter), or after simulate_max_minutes.")
+    simulate_max_minutes: float = Field(default=30, gt=0, description="Longest simulation with simulate_until_tested.")
     simulate_metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of the simulation's /metrics; 0: off.")
     simulate_report: Path | None = Field(default=None, description="Where the simulation writes its report; default RLHF_HOME/simulation.json.")
 
@@ -92,7 +96,7 @@ def welch_greater(after: list[float], before: list[float]) -> float:
 
 @dataclass
 class Served:
-    at: float  # seconds since the simulation started
+    at: float  # seconds since the simulation started, when the answer arrived
     adapter: str | None
     score: float
 
@@ -186,11 +190,16 @@ class Simulation:
         events.sort(key=lambda e: e["t_s"])
 
         promoted_s = since_start(promoted["at"]) if promoted else None
-        # before: what the incumbent served until the promotion; after: the promoted adapter's answers
-        before = [s.score for s in self.served if promoted_s is None or (s.at < promoted_s and s.adapter != promoted["version"])]
-        after = [s.score for s in self.served if promoted and s.at >= promoted_s and s.adapter == promoted["version"]]
-        p_value = welch_greater(after, before) if len(after) >= self.settings.simulate_min_after else None
+        # before: what the incumbent served until the promotion; after: the promoted adapter's first
+        # `simulate_test_answers` answers after it. One test on samples fixed in advance, so its p-value
+        # holds (stopping at the first of repeated looks with p < 0.05 would not).
+        served = sorted(self.served, key=lambda s: s.at)
+        before = [s.score for s in served if promoted_s is None or (s.at < promoted_s and s.adapter != promoted["version"])]
+        after = [s.score for s in served if promoted and s.at >= promoted_s and s.adapter == promoted["version"]]
+        after = after[: self.settings.simulate_test_answers]
+        p_value = welch_greater(after, before) if len(after) == self.settings.simulate_test_answers else None
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else None  # noqa: E731
         gain = mean(after) - mean(before) if after and before else None
 
         def relative(row: dict | None) -> float | None:
@@ -208,11 +217,11 @@ class Simulation:
                                         if candidates and self.first_feedback_s is not None else None),
             "feedback_to_canary_s": relative(canary), "feedback_to_active_s": relative(promoted),
             "promoted": promoted["version"] if promoted else None,
-            "before": {"answers": len(before), "mean_score": mean(before)},
-            "after": {"answers": len(after), "mean_score": mean(after)},
+            "before": {"answers": len(before), "mean_score": mean(before), "sd": sd(before)},
+            "after": {"answers": len(after), "mean_score": mean(after), "sd": sd(after)},
             "gain": gain, "p_value": p_value, "significant": p_value is not None and p_value < 0.05,
-            "test": "one-sided Welch t-test: the promoted adapter's answers after its promotion score higher than "
-                    "the incumbent's before it",
+            "test": f"one-sided Welch t-test, once, on the promoted adapter's first {self.settings.simulate_test_answers} "
+                    "answers after its promotion against the incumbent's before it",
             "events": events,
         }
 
@@ -228,14 +237,14 @@ def summary(report: dict[str, Any]) -> str:
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         lines.append(f"preference score before promotion {fmt(before['mean_score'])} ({before['answers']} answers), "
                      f"after ({report['promoted']}) {fmt(after['mean_score'])} ({after['answers']} answers)")
-        lines.append("p-value: not enough answers yet" if report["p_value"] is None else
+        lines.append("p-value: the promoted adapter has not served the tested number of answers yet" if report["p_value"] is None else
                      f"gain {report['gain']:+.3f}, p = {report['p_value']:.2g} "
                      f"({'significant' if report['significant'] else 'not significant'} at 0.05, {report['test']})")
     return "\n".join(lines)
 
 
 async def simulate(settings: SimulationSettings, stop: asyncio.Event) -> dict[str, Any]:
-    """Run the users until `stop` (or, with simulate_until_proven, until the gain is tested)."""
+    """Run the users until `stop` (or, with simulate_until_tested, until the gain is tested)."""
     prompts = (settings.simulate_prompts or HERE / "prompts.jsonl").read_text().splitlines()
     sim = Simulation(settings, load_preference(settings.simulate_preference or HERE / "concise_question.py"),
                      [json.loads(line)["prompt"] for line in prompts if line.strip()])
@@ -267,8 +276,8 @@ async def simulate(settings: SimulationSettings, stop: asyncio.Event) -> dict[st
                 if report["p_value"] is not None:
                     GAIN.set(report["gain"])
                     P_VALUE.set(report["p_value"])
-                proven = report["significant"] or report["after"]["answers"] >= 4 * settings.simulate_min_after
-                if settings.simulate_until_proven and (proven or time.monotonic() > deadline):
+                tested = report["p_value"] is not None
+                if settings.simulate_until_tested and (tested or time.monotonic() > deadline):
                     stop.set()
         finally:
             stop.set()

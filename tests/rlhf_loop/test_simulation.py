@@ -38,7 +38,7 @@ def test_report_compares_answers_before_the_first_promotion_with_the_promoted_ad
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     registry = Registry(tmp_path / "registry")
-    settings = SimulationSettings(_env_file=None, home=tmp_path, simulate_users=2, simulate_min_after=4)
+    settings = SimulationSettings(_env_file=None, home=tmp_path, simulate_users=2, simulate_test_answers=4)
     sim = Simulation(settings, lambda prompt, answer: 0.0, ["q"])
     sim.first_feedback_s = 1.0
     version = registry.publish(adapter, {"parent": None}, {"passed": True, "gates": [], "failed": []})
@@ -47,12 +47,19 @@ def test_report_compares_answers_before_the_first_promotion_with_the_promoted_ad
     promoted_at = (datetime.fromisoformat(registry.audit()[-1]["at"]) - sim.started_at).total_seconds()
     sim.served = ([Served(promoted_at - 10 + i, None, 0.2) for i in range(5)]
                   + [Served(promoted_at - 5, version, 0.9)]  # the canary before its promotion: neither side
-                  + [Served(promoted_at + 1 + i, version, 0.8 + 0.01 * i) for i in range(5)]
+                  + [Served(promoted_at + 1 + i, version, 0.8 + 0.01 * i) for i in range(3)]
                   + [Served(promoted_at + 2, None, 0.1)])  # a straggler of the old version after: neither side
     report = sim.report(registry)
+    assert report["after"]["answers"] == 3 and report["p_value"] is None  # 3 of the 4 tested answers so far
+    assert "not served the tested number" in summary(report)
+
+    sim.served += [Served(promoted_at + 4, version, 0.81), Served(promoted_at + 5, version, 0.0)]
+    report = sim.report(registry)
     assert report["promoted"] == version
-    assert report["before"] == {"answers": 5, "mean_score": pytest.approx(0.2)}
-    assert report["after"]["answers"] == 5 and report["significant"] and report["gain"] > 0.4
+    assert report["before"] == {"answers": 5, "mean_score": pytest.approx(0.2), "sd": pytest.approx(0.0)}
+    # one test on the first 4 answers after the promotion: the fifth (0.0) is outside the fixed sample
+    assert report["after"]["answers"] == 4 and report["after"]["mean_score"] == pytest.approx(0.81)
+    assert report["significant"] and report["gain"] > 0.4
     events = [e["event"] for e in report["events"]]
     assert events.index(f"canary {version} by learner") < events.index(f"promote {version} by canary-policy")
     assert report["feedback_to_active_s"] == pytest.approx(promoted_at - 1.0)
