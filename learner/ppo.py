@@ -36,12 +36,14 @@ log = structlog.get_logger(__name__)
 @dataclass
 class PPOConfig:
     steps: int = field(default=6, metadata={"help": "PPO steps (rollout + update) per run."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per step."})
-    minibatch_size: int = field(default=4, metadata={"help": "Rollouts per gradient step."})
+    # 16 prompts at lr 1e-3: offline, on a make demo's first 120 ratings, 6 steps raised the simulated
+    # preference score by +0.12 and +0.21 (two seeds) where 8 prompts at 5e-4 gave +0.03
+    batch_size: int = field(default=16, metadata={"help": "Prompts per step."})
+    minibatch_size: int = field(default=8, metadata={"help": "Rollouts per gradient step."})
     ppo_epochs: int = field(default=2, metadata={"help": "Passes over each step's rollouts."})
     max_new_tokens: int = field(default=48, metadata={"help": "Longest response generated."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate (LoRA + value head)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (LoRA + value head)."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank when not warm-starting from an adapter."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha when not warm-starting."})
     gamma: float = field(default=1.0, metadata={"help": "Discount of GAE."})
