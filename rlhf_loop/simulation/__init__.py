@@ -63,8 +63,8 @@ class SimulationSettings(ServingSettings):
     simulate_max_tokens: int = Field(default=48, ge=1, description="max_tokens of simulated users' requests.")
     simulate_temperature: float = Field(default=0.7, ge=0, description="Sampling temperature simulated users ask for.")
     simulate_test_answers: int = Field(
-        default=120, ge=2, description="Answers of the promoted adapter the gain is tested on: one test on the first "
-                                       "this many after the promotion, a sample size fixed in advance.")
+        default=80, ge=2, description="Answers of the promoted adapter the gain is tested on: one test on the first "
+                                      "this many after the promotion, a sample size fixed in advance.")
     simulate_until_tested: bool = Field(
         default=False, description="Stop once the gain is tested (simulate_test_answers answers of the promoted "
                                    "adapter), or after simulate_max_minutes.")
