@@ -73,11 +73,12 @@ def _parse(record) -> AnyEvent | None:
 
 
 def latest_thumbs(events: Iterable[AnyEvent]) -> list[ThumbEvent]:
-    """One thumb per (user, response): the newest. Anonymous thumbs count each on their own."""
-    newest: dict[tuple[str, str], ThumbEvent] = {}
+    """One thumb per (user, response): the newest. For an anonymous thumb the answer itself is the
+    subject (its feedback token names it): a replayed or changed anonymous thumb replaces, never adds."""
+    newest: dict[tuple[str | None, str], ThumbEvent] = {}
     for event in events:
         if isinstance(event, ThumbEvent):
-            key = (event.user_id or f"anonymous:{event.event_id}", event.response_id)
+            key = (event.user_id, event.response_id)
             if key not in newest or event.occurred_at >= newest[key].occurred_at:
                 newest[key] = event
     return list(newest.values())

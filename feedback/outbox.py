@@ -122,6 +122,15 @@ class Outbox:
         self.pending += again
         return again
 
+    def dead_letter(self, record: OutboxRecord, reason: str) -> None:
+        """Set aside a record Kafka refused for good (too large, invalid), fsynced, so delivery goes on
+        past it and an operator can still read (or replay) it: `dead-letter.jsonl`, one JSON line each."""
+        line = json.dumps({**json.loads(record.to_line()), "reason": reason, "dead_lettered_at": time.time()}).encode()
+        with open(self.directory / "dead-letter.jsonl", "ab") as stream:
+            stream.write(line + b"\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+
     def _write_cursor(self, cursor: Cursor) -> None:
         tmp = self.directory / "cursor.json.tmp"
         tmp.write_text(json.dumps(

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import structlog
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import (CorruptRecordError, InvalidRecordError, KafkaError, MessageSizeTooLargeError,
+                          RecordListTooLargeError)
 from prometheus_client import Counter, Gauge
 
 from feedback.events import Event
@@ -24,10 +25,17 @@ from feedback.outbox import Outbox, OutboxRecord
 
 log = structlog.get_logger(__name__)
 
+# errors about the record itself: sending it again can never succeed. Anything else (a broker away,
+# a leader moving, even a missing ACL an operator may fix) is retried, the record kept in order.
+PERMANENT = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError)
+
 BACKLOG = Gauge("rlhf_outbox_backlog_records", "Accepted events on disk not yet acknowledged by Kafka.", ["outbox"])
 BACKLOG_AGE = Gauge("rlhf_outbox_backlog_age_seconds", "Age of the oldest event not yet in Kafka.", ["outbox"])
 DELIVERED = Counter("rlhf_outbox_delivered_total", "Events acknowledged by Kafka.", ["outbox"])
 SEND_FAILURES = Counter("rlhf_outbox_send_failures_total", "Failed delivery attempts (retried).", ["outbox"])
+DEAD_LETTERED = Counter(
+    "rlhf_outbox_dead_lettered_total", "Events Kafka refused for good (too large, invalid), set aside in the outbox's "
+    "dead-letter.jsonl so delivery goes on; any is worth an alert.", ["outbox", "reason"])
 REPLAYS = Counter("rlhf_outbox_replays_total", "Times a fresh (emptied) broker was detected and the retained log replayed.", ["outbox"])
 
 
@@ -139,7 +147,7 @@ class DurableProducer:
                 self._wake_sender.clear()
                 continue
             try:
-                self._deliver(records)
+                refused = self._deliver(records)
             except (KafkaError, OSError) as error:
                 SEND_FAILURES.labels(self.name).inc()
                 log.warning("outbox.send_failed", outbox=self.name, backlog=self.backlog, error=repr(error))
@@ -147,8 +155,13 @@ class DurableProducer:
                 self._verify_before_send = True  # after an outage, check whether the broker came back empty
                 self._stop.wait(self.retry_backoff_s)
                 continue
+            for record, error in refused:  # a poison pill never blocks what comes after it
+                self.outbox.dead_letter(record, repr(error))
+                DEAD_LETTERED.labels(self.name, type(error).__name__).inc()
+                log.error("outbox.dead_lettered", outbox=self.name, topic=record.topic, bytes=len(record.value),
+                          error=repr(error))
             self.outbox.ack(after, len(records), self._cluster_id)
-            DELIVERED.labels(self.name).inc(len(records))
+            DELIVERED.labels(self.name).inc(len(records) - len(refused))
             BACKLOG.labels(self.name).set(self.backlog)
 
     def _replay_if_broker_lost_data(self) -> bool:
@@ -179,7 +192,9 @@ class DurableProducer:
             self._probe.close()
             self._probe = None
 
-    def _deliver(self, records: list[OutboxRecord]) -> None:
+    def _deliver(self, records: list[OutboxRecord]) -> list[tuple[OutboxRecord, KafkaError]]:
+        """Send a batch and wait for every acknowledgement. Raises on a transient failure (the batch is
+        sent again: consumers deduplicate); returns the records refused for good, with their errors."""
         if self._kafka is None:
             self._kafka = KafkaProducer(
                 bootstrap_servers=self.bootstrap_servers,
@@ -190,10 +205,20 @@ class DurableProducer:
                 request_timeout_ms=int(self.delivery_timeout_s * 1000),
                 client_id=f"rlhf-outbox-{self.name}",
             )
-        futures = [self._kafka.send(r.topic, key=r.key, value=r.value) for r in records]
+        refused: list[tuple[OutboxRecord, KafkaError]] = []
+        futures = []
+        for record in records:
+            try:  # the client refuses a record over its max_request_size here, before sending
+                futures.append((record, self._kafka.send(record.topic, key=record.key, value=record.value)))
+            except PERMANENT as error:
+                refused.append((record, error))
         self._kafka.flush(timeout=self.delivery_timeout_s)
-        for future in futures:
-            future.get(timeout=0)  # raises the broker's error for a record that failed
+        for record, future in futures:
+            try:
+                future.get(timeout=0)  # raises the broker's error for a record that failed
+            except PERMANENT as error:
+                refused.append((record, error))
+        return refused
 
     def _reset_kafka(self) -> None:
         if self._kafka is not None:

@@ -33,6 +33,16 @@ def _feedback_count(store: EventStore) -> int:
     return store.count("thumb") + store.count("pairwise")
 
 
+def base_fluency(settings: LearnerSettings) -> promotion.Fluency:
+    """The base model's reading of served answers, loaded (torch and all) only when a canary is up for promotion."""
+    def read(answers: list) -> list[float]:
+        from learner.gates import Likelihoods
+
+        model = Likelihoods(settings.model_dir)
+        return model.per_token(model.rollouts([i.messages for i in answers], [i.response for i in answers]))
+    return read
+
+
 def main() -> int:
     settings = LearnerSettings()
     configure_logging("learner")
@@ -50,6 +60,7 @@ def main() -> int:
     consumer = make_consumer(settings)
     log.info("learner.started", dataset=str(settings.dataset_path), stored=store.count(), group=settings.consumer_group)
     registry = Registry.from_settings(settings)
+    fluency = base_fluency(settings)
     feedback_at_last_cycle, last_cycle_at = _feedback_count(store), time.monotonic()
     last_promotion_check = time.monotonic()
     cycle: subprocess.Popen | None = None
@@ -69,7 +80,8 @@ def main() -> int:
             if time.monotonic() - last_promotion_check >= settings.promotion_check_s:
                 last_promotion_check = time.monotonic()
                 try:
-                    promotion.check(registry, lambda since, until: store.events(("thumb", "pairwise"), since, until), settings)
+                    promotion.check(registry, lambda since, until: store.events(("thumb", "pairwise"), since, until), settings,
+                                    lambda since, until: store.events(("interaction",), since, until), fluency)
                 except RegistryError as error:  # an operator moved the pointer meanwhile: decide again next time
                     log.warning("canary.check_refused", error=str(error))
                 now = datetime.now(timezone.utc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from learner.ppo import PPOConfig, PPOTrainer, write_history
 from learner.registry import Registry
 from learner.reward_model import RewardConfig, load_current, refresh
 from learner.settings import LearnerSettings
+from learner.usage import SamplingProfile, sampling_profile
 
 log = structlog.get_logger(__name__)
 
@@ -49,10 +50,13 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
         data = dataset.build(store, max_per_user=settings.max_examples_per_user,
                              max_wait_s=settings.max_feedback_wait_s)
         feedback_count = store.count("thumb") + store.count("pairwise")
+        usage = sampling_profile(store.recent("interaction", settings.usage_window),
+                                 default_max_tokens=settings.usage_default_max_tokens, ceiling=settings.gate_max_new_tokens)
     finally:
         store.close()
     log.info("cycle.data", pairs=len(data.pairs), thumbs=len(data.pointwise), prompts=len(data.prompts),
-             waiting=data.waiting, dropped=data.dropped, capped=data.capped)
+             waiting=data.waiting, dropped=data.dropped, capped=data.capped, usage_lengths=usage.lengths,
+             usage_temperature=usage.temperature)
     if not data.pairs and not data.pointwise:
         return CycleReport(None, "no joined feedback yet", seconds=time.perf_counter() - started)
 
@@ -63,7 +67,8 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     if scorer is None:
         return CycleReport(None, "no reward model passed its held-out check", seconds=time.perf_counter() - started)
 
-    # 2. PPO from the active adapter on logged prompts (plus the prompt file)
+    # 2. PPO from the active adapter on logged prompts (plus the prompt file), answers as long as users read
+    ppo = at_users_length(ppo, usage)
     registry = Registry.from_settings(settings)
     parent = registry.read_pointer().active
     prompts = list(data.prompts)
@@ -81,7 +86,7 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     del trainer  # free the policy before the gates load their own copy
 
     # 3. gates, against the incumbent (the active adapter, or the base model)
-    gate_report = run_gates(settings.model_dir, adapter, incumbent, scorer.score, rollouts, settings)
+    gate_report = run_gates(settings.model_dir, adapter, incumbent, scorer.score, rollouts, settings, usage)
 
     # 4. publish the candidate with its lineage and gate report; if it passed, it starts as canary
     window = {"events_until": data.newest_event_at.isoformat() if data.newest_event_at else None,
@@ -100,6 +105,11 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     return CycleReport(candidate, "published", rm_version, rm_report.heldout, len(history),
                        history[-1]["objective/scores"], history[-1]["objective/kl"], gate_report["passed"],
                        gate_report["failed"], canary, time.perf_counter() - started)
+
+
+def at_users_length(ppo: PPOConfig, usage: SamplingProfile) -> PPOConfig:
+    """PPO's max_new_tokens 0 stands for the users' longest length (their p95)."""
+    return replace(ppo, max_new_tokens=usage.longest) if ppo.max_new_tokens == 0 else ppo
 
 
 def due(new_feedback: int, seconds_since_last: float, settings: LearnerSettings) -> bool:

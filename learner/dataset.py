@@ -7,7 +7,9 @@
 - Feedback whose interaction has not arrived yet waits (it stays in the store and joins on a later
   build); after `max_wait_s` without it, it is dropped and counted.
 - Per-user cap: at most `max_per_user` examples of each kind per user (their newest), so one user
-  flooding ratings cannot dominate a refresh.
+  flooding ratings cannot dominate a refresh; anonymous feedback is one pool under the same cap.
+- Pairs crossed from thumbs on one prompt: the newest `CROSSED_PER_SIDE` ups with the newest as many
+  downs, so N opposite thumbs on one prompt give at most 64 pairs, not N²/4.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from datetime import datetime, timedelta, timezone
 from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, parse_event
 from feedback.export import latest_thumbs
 from learner.ingest import EventStore
+
+
+CROSSED_PER_SIDE = 8  # thumbs of each side crossed into pairs per prompt: at most 8 x 8 pairs
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ def _cap(examples: list, max_per_user: int, data: FeedbackData) -> list:
         by_user[example.user_id].append(example)
     kept = []
     for user, items in by_user.items():
-        keep = items if user is None else items[-max_per_user:]
+        keep = items[-max_per_user:]
         data.capped += len(items) - len(keep)
         kept.extend(keep)
     return kept
@@ -107,8 +112,8 @@ def build(store: EventStore, *, max_per_user: int, max_wait_s: float, now: datet
             chosen, rejected = (a, b) if event.choice == "a" else (b, a)
             pairs.append(Pair(_prompt(a), chosen.response, rejected.response, event.user_id))
     for prompt, sides in by_prompt.items():  # thumbs up and down on one prompt: a pair too
-        for up in sides["up"]:
-            for down in sides["down"]:
+        for up in sides["up"][-CROSSED_PER_SIDE:]:
+            for down in sides["down"][-CROSSED_PER_SIDE:]:
                 pairs.append(Pair(prompt, up.response, down.response, up.user_id))
     data.pointwise = _cap(pointwise, max_per_user, data)
     data.pairs = _cap(pairs, max_per_user, data)

@@ -16,8 +16,18 @@ loaded (the reference is the same weights with adapters disabled, as in PPO).
     safety         toxic share of answers (alt-profanity-check), unsafe share by Llama Guard when
                    RLHF_GATE_GUARD_MODEL is set (learner/safety.py), and share of red-team
                    requests complied with, each not above the incumbent's + tolerance
-    capability     mean log-likelihood per token of golden answers >= incumbent's - tolerance
-    degeneration   empty answers, repeated 4-grams, length relative to the incumbent
+    capability     golden questions answered by generation (greedy), graded by answer keys: accuracy not
+                   below the incumbent's by more than a tolerance with a significant one-sided McNemar test
+    likelihood     mean log-likelihood per token of golden answers (teacher-forced) >= incumbent's - tolerance
+    fluency        the base model's log-likelihood per token of the candidate's own answers >= that of
+                   the incumbent's answers - tolerance: text the base model finds implausible fails
+    degeneration   per answer at full length (learner/degeneration.py): loops, symbol runs, empty list
+                   items and answers that never end, each share against the incumbent's; empty answers,
+                   repeated 4-grams, length relative to the incumbent
+    judge          when RLHF_GATE_JUDGE_MODEL is set: a judge model's pairwise win rate vs the incumbent
+
+Held-out answers are sampled the way users sample (learner/usage.py): at the p50 and p95 max_tokens
+and the median temperature of recent interactions, at least 256 tokens on an empty log.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,15 +46,19 @@ import structlog
 import torch
 
 from learner.dataset import as_messages
+from learner.degeneration import Degeneration, degeneration, shares
+from learner.judge import Judge
 from learner.ppo import collate, response_logprobs
 from learner.rollout import Rollout, VLLMRollouts
 from learner.safety import LlamaGuard, ProfanityCheck, SafetyClassifier
 from learner.settings import LearnerSettings
+from learner.stats import mcnemar_worse, wilson
+from learner.usage import SamplingProfile
 
 log = structlog.get_logger(__name__)
 
 Prompt = tuple[tuple[str, str], ...]
-Scorer = Callable[[list[Prompt], list[str]], torch.Tensor]
+RewardScore = Callable[[list[Prompt], list[str]], torch.Tensor]
 
 # an answer that opens with one of these declines the request (checked on the first 200 characters)
 REFUSAL = re.compile(
@@ -67,14 +83,22 @@ def load_set(name: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (Wilson 1927); ties count as half a success."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def golden_set(extra: Path | None) -> list[dict]:
+    """The shipped golden questions, and those of `extra` (RLHF_GATE_GOLDEN_FILE)."""
+    rows = load_set("golden")
+    if extra is not None:
+        rows += [json.loads(line) for line in extra.read_text().splitlines() if line.strip()]
+    for row in rows:
+        if not row.get("keys"):
+            raise ValueError(f"golden question without answer keys: {row['prompt']!r}")
+    return rows
+
+
+def correct(answer: str, row: dict) -> bool:
+    """An answer is right when one of the question's keys (regular expressions) stands in it as a
+    whole word; case-insensitive unless the row says otherwise."""
+    flags = 0 if row.get("case_sensitive") else re.IGNORECASE
+    return any(re.search(rf"(?<!\w)(?:{key})(?!\w)", answer, flags) for key in row["keys"])
 
 
 def repetition(text: str, n: int = 4) -> float:
@@ -148,19 +172,72 @@ def safety_gate(requests: list[str], candidate: list[str], incumbent: list[str],
                       "; ".join(reasons) or f"{shares}, harmful compliance {figures['harmful_compliance']:.0%}")
 
 
-def capability_gate(candidate_ll: float, incumbent_ll: float, tolerance: float) -> GateResult:
+def capability_gate(golden: list[dict], candidate: list[str], incumbent: list[str], tolerance: float,
+                    alpha: float) -> GateResult:
+    """Greedy answers to keyed questions: fail when accuracy falls more than `tolerance` below the
+    incumbent's and the fall is significant (one-sided exact McNemar test at `alpha`)."""
+    right = [correct(a, row) for a, row in zip(candidate, golden)]
+    right_before = [correct(a, row) for a, row in zip(incumbent, golden)]
+    accuracy, incumbent_accuracy = sum(right) / len(golden), sum(right_before) / len(golden)
+    p_value = mcnemar_worse(right, right_before)
+    passed = not (incumbent_accuracy - accuracy > tolerance and p_value < alpha)
+    lost = [row["prompt"] for row, now, before in zip(golden, right, right_before) if before and not now]
+    return GateResult("capability", passed,
+                      {"accuracy": accuracy, "incumbent_accuracy": incumbent_accuracy, "questions": len(golden),
+                       "p_value": p_value, "lost": lost[:10]},
+                      {"tolerance": tolerance, "alpha": alpha},
+                      f"golden questions {accuracy:.0%} right vs incumbent {incumbent_accuracy:.0%} (one-sided McNemar "
+                      f"p {p_value:.3g}); {'within' if passed else 'a significant drop beyond'} tolerance {tolerance:.0%}")
+
+
+def likelihood_gate(candidate_ll: float, incumbent_ll: float, tolerance: float) -> GateResult:
     passed = math.isfinite(candidate_ll) and candidate_ll >= incumbent_ll - tolerance
-    return GateResult("capability", passed, {"golden_loglik_per_token": candidate_ll, "incumbent": incumbent_ll},
+    return GateResult("likelihood", passed, {"golden_loglik_per_token": candidate_ll, "incumbent": incumbent_ll},
                       {"tolerance": tolerance},
                       f"golden answers {candidate_ll:.3f} nats/token vs incumbent {incumbent_ll:.3f} (tolerance {tolerance})")
 
 
-def degeneration_gate(candidate: list[Rollout], incumbent: list[Rollout], settings: LearnerSettings) -> GateResult:
+def fluency_gate(candidate: list[float], incumbent: list[float], tolerance: float) -> GateResult:
+    """Per-answer mean log-likelihood per token under the frozen base model, of each side's own answers."""
+    mean, incumbent_mean = statistics.fmean(candidate), statistics.fmean(incumbent)
+    passed = math.isfinite(mean) and mean >= incumbent_mean - tolerance
+    return GateResult("fluency", passed,
+                      {"base_loglik_per_token": mean, "incumbent": incumbent_mean, "answers": len(candidate),
+                       "worst": min(candidate)},
+                      {"tolerance": tolerance},
+                      f"the base model reads the candidate's answers at {mean:.2f} nats/token vs the incumbent's "
+                      f"{incumbent_mean:.2f} ({'within' if passed else 'beyond'} tolerance {tolerance})")
+
+
+def degeneration_gate(candidate: dict[int, list[Rollout]], incumbent: dict[int, list[Rollout]],
+                      settings: LearnerSettings) -> GateResult:
+    """Whole answers by sampled length, each checked on its own (learner/degeneration.py), against the
+    incumbent's; an answer that never ends is counted among those sampled at the longest length."""
+    longest = max(candidate)
+
+    def faults(by_length: dict[int, list[Rollout]]) -> tuple[dict[str, float], list[Degeneration]]:
+        flags = [degeneration(r.text, r.finish_reason) for rollouts in by_length.values() for r in rollouts]
+        cut = shares([degeneration("", r.finish_reason) for r in by_length[longest]])["unfinished"]
+        return {**shares(flags), "unfinished": cut}, flags
+
+    everything = [r for rollouts in candidate.values() for r in rollouts]
+    found, flags = faults(candidate)
+    before, _ = faults(incumbent)
+    candidate, incumbent = everything, [r for rollouts in incumbent.values() for r in rollouts]
+    found, flags = faults(candidate)
+    before, _ = faults(incumbent)
     empty = sum(not r.text.strip() for r in candidate) / len(candidate)
     repeated = sum(repetition(r.text) for r in candidate) / len(candidate)
     length = sum(len(r.response_ids) for r in candidate) / len(candidate)
     incumbent_length = max(1.0, sum(len(r.response_ids) for r in incumbent) / len(incumbent))
     problems = []
+    if found["degenerate"] > before["degenerate"] + settings.gate_degenerate_tolerance:
+        kinds = ", ".join(f"{k.replace('_', ' ')} {found[k]:.0%}" for k in ("loop", "symbols", "empty_items") if found[k])
+        problems.append(f"degenerate answers {found['degenerate']:.0%} ({kinds}) > incumbent "
+                        f"{before['degenerate']:.0%} + {settings.gate_degenerate_tolerance:.0%}")
+    if found["unfinished"] > before["unfinished"] + settings.gate_unfinished_tolerance:
+        problems.append(f"never ends within {longest} tokens: {found['unfinished']:.0%} > incumbent "
+                        f"{before['unfinished']:.0%} + {settings.gate_unfinished_tolerance:.0%}")
     if empty > settings.gate_max_empty_rate:
         problems.append(f"{empty:.0%} empty answers > {settings.gate_max_empty_rate:.0%}")
     if repeated > settings.gate_max_repetition:
@@ -168,49 +245,81 @@ def degeneration_gate(candidate: list[Rollout], incumbent: list[Rollout], settin
     if length / incumbent_length > settings.gate_max_length_ratio:
         problems.append(f"answers {length / incumbent_length:.1f}x the incumbent's length > {settings.gate_max_length_ratio}x")
     return GateResult("degeneration", not problems,
-                      {"empty_rate": empty, "repetition": repeated, "mean_length": length, "incumbent_mean_length": incumbent_length},
-                      {"max_empty_rate": settings.gate_max_empty_rate, "max_repetition": settings.gate_max_repetition,
+                      {**{f"{k}_share": v for k, v in found.items()}, **{f"incumbent_{k}_share": v for k, v in before.items()},
+                       "empty_rate": empty, "repetition": repeated, "mean_length": length,
+                       "incumbent_mean_length": incumbent_length, "longest_sampled": longest,
+                       "flagged": [{"faults": f.faults, "answer": r.text[:300]} for f, r in zip(flags, candidate)
+                                   if f.degenerate][:3]},
+                      {"degenerate_tolerance": settings.gate_degenerate_tolerance,
+                       "unfinished_tolerance": settings.gate_unfinished_tolerance,
+                       "max_empty_rate": settings.gate_max_empty_rate, "max_repetition": settings.gate_max_repetition,
                        "max_length_ratio": settings.gate_max_length_ratio},
-                      "; ".join(problems) or f"empty {empty:.0%}, repetition {repeated:.2f}, length {length:.0f} tokens")
+                      "; ".join(problems) or f"degenerate {found['degenerate']:.0%} (incumbent {before['degenerate']:.0%}), "
+                                             f"never ending {found['unfinished']:.0%}, repetition {repeated:.2f}, "
+                                             f"length {length:.0f} tokens")
+
+
+def judge_gate(wins: list[float], minimum: float) -> GateResult:
+    """Judge verdicts, 1 a candidate win, 0.5 a tie, 0 a loss (both orders averaged per prompt)."""
+    n = len(wins)
+    low, high = wilson(sum(wins), n)
+    passed = high >= minimum
+    return GateResult("judge", passed, {"win_rate": sum(wins) / n, "ci95": [low, high], "pairs": n},
+                      {"min_win_rate": minimum},
+                      f"judge win rate {sum(wins) / n:.2f} (95% CI {low:.2f}-{high:.2f}) vs incumbent; "
+                      f"{'not significantly below' if passed else 'significantly below'} {minimum}")
 
 
 # -- running them -------------------------------------------------------------------------------------
-class _Scorer:
-    """The base model with the candidate's (and the incumbent's) LoRA, for log-likelihoods."""
+class Likelihoods:
+    """The base model, with the candidate's (and the incumbent's) LoRA when given, for log-likelihoods."""
 
-    def __init__(self, base_model: Path, candidate: Path, incumbent: Path | None) -> None:
+    chunk = 8  # answers per forward pass: (chunk, T, vocab) logits stay well under a GiB at T = 512
+
+    def __init__(self, base_model: Path, candidate: Path | None = None, incumbent: Path | None = None) -> None:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-        self.model = PeftModel.from_pretrained(base, candidate, adapter_name="candidate").eval()
+        self.model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
+        if candidate is not None:
+            self.model = PeftModel.from_pretrained(self.model, candidate, adapter_name="candidate").eval()
         if incumbent is not None:
             self.model.load_adapter(incumbent, adapter_name="incumbent")
 
+    def rollouts(self, prompts: list[list[dict]], answers: list[str]) -> list[Rollout]:
+        """Answers as rollouts of their prompts (chat template), to read back logged or reference text."""
+        rows = []
+        for messages, answer in zip(prompts, answers):
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            rows.append(Rollout(self.tokenizer(text, add_special_tokens=False)["input_ids"],
+                                self.tokenizer(answer, add_special_tokens=False)["input_ids"], answer))
+        return rows
+
     @torch.no_grad()
-    def logprobs(self, rollouts: list[Rollout], adapter: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) log-probs of each rollout's response tokens and their mask, under `adapter` (None: base)."""
-        batch = collate(rollouts, [None] * len(rollouts), self.tokenizer.pad_token_id)
-        if adapter is None:
-            with self.model.disable_adapter():
+    def logprobs(self, rollouts: list[Rollout], adapter: str | None, temperature: float = 1.0) -> list[torch.Tensor]:
+        """Per rollout, the (T_i,) log-probs of its response tokens under `adapter` (None: the base
+        model), with logits divided by `temperature` (that of the sampling distribution)."""
+        out = []
+        for i in range(0, len(rollouts), self.chunk):
+            part = rollouts[i : i + self.chunk]
+            batch = collate(part, [None] * len(part), self.tokenizer.pad_token_id)
+            if adapter is not None:
+                self.model.set_adapter(adapter)
+            with self.model.disable_adapter() if adapter is None and hasattr(self.model, "disable_adapter") else nullcontext():
                 logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        else:
-            self.model.set_adapter(adapter)
-            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return response_logprobs(logits, batch.input_ids, batch.start, batch.mask.shape[1])[0], batch.mask
+            logprobs = response_logprobs(logits, batch.input_ids, batch.start, batch.mask.shape[1], temperature)[0]
+            out += [row[: int(n)] for row, n in zip(logprobs, batch.mask.sum(1))]
+        return out
+
+    def per_token(self, rollouts: list[Rollout]) -> list[float]:
+        """The base model's mean log-likelihood per token of each non-empty answer (fluency)."""
+        return [float(lp.mean()) for lp in self.logprobs(rollouts, None) if len(lp)]
 
     def golden_loglik(self, golden: list[dict], adapter: str | None) -> float:
         """Mean log-likelihood per token of the reference answers, teacher-forced."""
-        rollouts = []
-        for row in golden:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                                      add_generation_prompt=True, tokenize=False)
-            prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            answer_ids = self.tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
-            rollouts.append(Rollout(prompt_ids, answer_ids, row["answer"]))
-        logprobs, mask = self.logprobs(rollouts, adapter)
-        return float((logprobs * mask).sum() / mask.sum())
+        rows = self.rollouts([[{"role": "user", "content": row["prompt"]}] for row in golden], [row["answer"] for row in golden])
+        return float(torch.cat(self.logprobs(rows, adapter)).mean())
 
 
 def safety_classifiers(settings: LearnerSettings, guard: LlamaGuard | None = None) -> list[SafetyClassifier]:
@@ -222,48 +331,73 @@ def safety_classifiers(settings: LearnerSettings, guard: LlamaGuard | None = Non
     return classifiers + ([guard] if guard is not None else [])
 
 
-def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: Scorer, rollouts: VLLMRollouts,
-              settings: LearnerSettings, extra_prompts: list[Prompt] = (), guard: LlamaGuard | None = None) -> dict[str, Any]:
-    """All gates on one candidate against the incumbent (None: the base model). Returns the gate report."""
+GATES = ("weights", "kl", "win_rate", "safety", "capability", "likelihood", "fluency", "degeneration")
+
+
+def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: RewardScore, rollouts: VLLMRollouts,
+              settings: LearnerSettings, usage: SamplingProfile, extra_prompts: list[Prompt] = (),
+              guard: LlamaGuard | None = None, judge: Judge | None = None) -> dict[str, Any]:
+    """All gates on one candidate against the incumbent (None: the base model), with held-out answers
+    sampled as users sample (`usage`). Returns the gate report."""
     weights = weights_gate(candidate, settings.gate_max_weight_abs)
+    if judge is None and settings.gate_judge_model is not None:
+        judge = Judge.from_model(settings.gate_judge_model, kv_cache_bytes=int(settings.gate_judge_kv_cache_memory))
+    names = GATES[1:] + (("judge",) if judge is not None else ())
     if not weights.figures["finite"]:
         # nothing generated from NaN weights means anything: every other gate fails with this reason
-        skipped = [GateResult(name, False, {}, {}, "not run: adapter weights are not finite")
-                   for name in ("kl", "win_rate", "safety", "capability", "degeneration")]
-        return _report([weights, *skipped])
+        return _report([weights, *(GateResult(n, False, {}, {}, "not run: adapter weights are not finite") for n in names)])
 
     prompts = [((("user", row["prompt"]),)) for row in load_set("prompts")] + list(extra_prompts)
     red_team = [((("user", row["prompt"]),)) for row in load_set("red_team")]
+    golden = golden_set(settings.gate_golden_file)
     held_out = prompts * settings.gate_samples
 
-    def generate(adapter: Path | None, items: list[Prompt], seed: int) -> list[Rollout]:
-        return rollouts.generate([as_messages(p) for p in items], adapter=adapter,
-                                 max_tokens=settings.gate_max_new_tokens, temperature=1.0, seed=seed)
+    def answers(adapter: Path | None) -> tuple[dict[int, list[Rollout]], list[Rollout], list[Rollout]]:
+        """Held-out answers at each of the users' lengths, red-team answers at the longest, greedy golden answers."""
+        def generate(items: list[Prompt], max_tokens: int, temperature: float, seed: int) -> list[Rollout]:
+            return rollouts.generate([as_messages(p) for p in items], adapter=adapter, max_tokens=max_tokens,
+                                     temperature=temperature, seed=seed, cache=adapter == incumbent)
+        by_length = {n: generate(held_out, n, usage.temperature, 17 + n) for n in usage.lengths}
+        golden_prompts = [((("user", row["prompt"]),)) for row in golden]
+        return (by_length, generate(red_team, usage.longest, usage.temperature, 23),
+                generate(golden_prompts, settings.gate_golden_max_tokens, 0.0, 0))
 
-    answers = {name: (generate(path, held_out, 17), generate(path, red_team, 23))
-               for name, path in (("candidate", candidate), ("incumbent", incumbent))}
-    (cand, cand_red), (inc, inc_red) = answers["candidate"], answers["incumbent"]
+    cand_by_length, cand_red, cand_golden = answers(candidate)
+    inc_by_length, inc_red, inc_golden = answers(incumbent)
+    cand = [r for n in usage.lengths for r in cand_by_length[n]]
+    inc = [r for n in usage.lengths for r in inc_by_length[n]]
+    asked = held_out * len(usage.lengths)
 
-    scorer = _Scorer(base_model, candidate, incumbent)
-    logprobs, mask = scorer.logprobs(cand, "candidate")
-    reference, _ = scorer.logprobs(cand, None)
-    kl = ((logprobs - reference) * mask).sum(1).tolist()  # k1 per answer, sampled from the candidate
-    golden = load_set("golden")
+    scorer = Likelihoods(base_model, candidate, incumbent)
     incumbent_adapter = "incumbent" if incumbent is not None else None
+    # k1 per answer, sampled from the candidate, both sides at the temperature it was sampled at
+    policy = scorer.logprobs(cand, "candidate", usage.temperature)
+    reference = scorer.logprobs(cand, None, usage.temperature)
+    kl = [float((p - r).sum()) for p, r in zip(policy, reference)]
+    # fluency: the frozen base model's own reading (temperature 1) of each side's answers
     results = [
         weights,
         kl_gate(kl, settings.gate_kl_budget),
-        win_rate_gate(score(held_out, [r.text for r in cand]).float(), score(held_out, [r.text for r in inc]).float(),
+        win_rate_gate(score(asked, [r.text for r in cand]).float(), score(asked, [r.text for r in inc]).float(),
                       settings.gate_min_win_rate),
-        safety_gate([p[-1][1] for p in held_out], [r.text for r in cand], [r.text for r in inc],
+        safety_gate([p[-1][1] for p in asked], [r.text for r in cand], [r.text for r in inc],
                     [p[-1][1] for p in red_team], [r.text for r in cand_red], [r.text for r in inc_red],
                     safety_classifiers(settings, guard), settings),
-        capability_gate(scorer.golden_loglik(golden, "candidate"), scorer.golden_loglik(golden, incumbent_adapter),
-                        settings.gate_capability_tolerance),
-        degeneration_gate(cand, inc, settings),
+        capability_gate(golden, [r.text for r in cand_golden], [r.text for r in inc_golden],
+                        settings.gate_capability_tolerance, settings.gate_capability_alpha),
+        likelihood_gate(scorer.golden_loglik([row for row in golden if "answer" in row], "candidate"),
+                        scorer.golden_loglik([row for row in golden if "answer" in row], incumbent_adapter),
+                        settings.gate_likelihood_tolerance),
+        fluency_gate(scorer.per_token(cand) or [-math.inf], scorer.per_token(inc) or [0.0], settings.gate_fluency_tolerance),
+        degeneration_gate(cand_by_length, inc_by_length, settings),
     ]
+    if judge is not None:
+        results.append(judge_gate(judge.wins([p[-1][1] for p in asked], [r.text for r in cand], [r.text for r in inc]),
+                                  settings.gate_judge_min_win_rate))
     report = _report(results)
-    report["examples"] = [{"prompt": p[0][1], "answer": r.text} for p, r in zip(held_out[:3] + red_team[:3], cand[:3] + cand_red[:3])]
+    report["usage"] = {"lengths": list(usage.lengths), "temperature": usage.temperature, "interactions": usage.interactions}
+    report["examples"] = [{"prompt": p[0][1], "answer": r.text}
+                          for p, r in zip(held_out[:3] + red_team[:3], cand_by_length[usage.longest][:3] + cand_red[:3])]
     return report
 
 

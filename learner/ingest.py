@@ -103,6 +103,12 @@ class EventStore:
         )
         return [parse_event(payload.encode()) for (payload,) in rows]
 
+    def recent(self, kind: str, limit: int) -> list:
+        """The newest `limit` stored events of one type, oldest first."""
+        rows = self.db.execute("SELECT payload FROM events WHERE event_type = ? ORDER BY occurred_at DESC LIMIT ?",
+                               (kind, limit)).fetchall()
+        return [parse_event(payload.encode()) for (payload,) in reversed(rows)]
+
     def close(self) -> None:
         self.db.close()
 

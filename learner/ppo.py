@@ -42,7 +42,9 @@ class PPOConfig:
     batch_size: int = field(default=16, metadata={"help": "Prompts per step."})
     minibatch_size: int = field(default=8, metadata={"help": "Rollouts per gradient step."})
     ppo_epochs: int = field(default=2, metadata={"help": "Passes over each step's rollouts."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Longest response generated."})
+    max_new_tokens: int = field(default=0, metadata={"help": (
+        "Longest response generated; 0: the p95 max_tokens of recent interactions (learner/usage.py), so the "
+        "policy is trained on the lengths users read and a cut answer is scored as cut.")})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts."})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (LoRA + value head)."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank when not warm-starting from an adapter."})
@@ -158,6 +160,8 @@ class PPOTrainer:
 
         torch.manual_seed(config.seed)  # the same initial LoRA and value head on every rank
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if config.max_new_tokens < 1:
+            raise ValueError("max_new_tokens 0 stands for the users' length: resolve it (learner.usage) before training")
         if config.batch_size % self.world or config.minibatch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} and minibatch_size {config.minibatch_size} "
                              f"must divide by the {self.world} processes")

@@ -11,6 +11,12 @@ margin. Evidence is the feedback stored since the canary started (its `canary` a
   -`promotion_margin`) and it does not lose its duels (below).
 - duels: where `promotion_min_duels` duels between the two exist, a canary whose duel win rate (ties
   half) has a 95% upper bound below 0.5 - `promotion_margin` is rejected.
+- content: the canary's live answers are re-read as the gates read sampled ones. Once it has served
+  `canary_content_min_answers`, a canary whose share of degenerate answers (loops, symbol runs, empty
+  list items; learner/degeneration.py) or of answers that never end within the user's max_tokens
+  exceeds the active version's by the gate tolerances is rejected; before a promotion, the base model
+  also reads its answers (fluency) against the active version's, and a canary beyond the fluency
+  tolerance is rejected.
 - otherwise: wait for more feedback.
 
 A training cycle's candidate that passed its gates starts as canary (`start_canary`); a newer one
@@ -25,14 +31,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Iterable, Literal
 
 import structlog
 
-from feedback.events import PairwiseEvent
+from feedback.events import InteractionEvent, PairwiseEvent
 from feedback.export import latest_thumbs
-from learner.gates import wilson
+from learner.degeneration import degeneration, shares
+from learner.stats import wilson
 from learner.registry import Registry
 from learner.settings import LearnerSettings
 
@@ -149,6 +156,42 @@ def decide(canary: LiveStats, active: LiveStats, settings: LearnerSettings) -> D
                                f"and {canary.duels} duels", **figures)
 
 
+Fluency = Callable[[list[InteractionEvent]], list[float]]  # base-model log-likelihood per token of each answer
+
+
+def content_verdict(canary: list[InteractionEvent], active: list[InteractionEvent], settings: LearnerSettings,
+                    fluency: Fluency | None = None) -> str | None:
+    """Why the canary's live answers are worse than the active version's (None: they are not, or too
+    few to say). `fluency` (the base model's reading) runs only when given."""
+    if len(canary) < settings.canary_content_min_answers or not active:
+        return None
+    found, before = ([degeneration(i.response, i.finish_reason) for i in side] for side in (canary, active))
+    found, before = shares(found), shares(before)
+    if found["degenerate"] > before["degenerate"] + settings.gate_degenerate_tolerance:
+        return (f"degenerates live: {found['degenerate']:.0%} of {len(canary)} answers (loops {found['loop']:.0%}, "
+                f"symbols {found['symbols']:.0%}, empty items {found['empty_items']:.0%}) vs active "
+                f"{before['degenerate']:.0%} + {settings.gate_degenerate_tolerance:.0%}")
+    if found["unfinished"] > before["unfinished"] + settings.gate_unfinished_tolerance:
+        return (f"never ends live: {found['unfinished']:.0%} of {len(canary)} answers cut at the user's max_tokens vs "
+                f"active {before['unfinished']:.0%} + {settings.gate_unfinished_tolerance:.0%}")
+    if fluency is not None:
+        mine, theirs = fluency(canary), fluency(active)
+        if mine and theirs and sum(mine) / len(mine) < sum(theirs) / len(theirs) - settings.gate_fluency_tolerance:
+            return (f"not fluent live: the base model reads its answers at {sum(mine) / len(mine):.2f} nats/token vs "
+                    f"the active version's {sum(theirs) / len(theirs):.2f} - {settings.gate_fluency_tolerance}")
+    return None
+
+
+def live_answers(answers: Callable[[datetime | None, datetime | None], list], started: datetime | None, version: str | None,
+                 limit: int) -> list[InteractionEvent]:
+    """The newest `limit` answers `version` served since `started`; for a version with none since (every
+    user on the canary), those from before."""
+    def of(events: list) -> list[InteractionEvent]:
+        return [i for i in events if i.adapter_version == version and i.duel_id is None][-limit:]
+    since = of(answers(started, None))
+    return since if since or started is None else of(answers(started - timedelta(days=1), started))
+
+
 def canary_start(registry: Registry, canary: str) -> dict | None:
     """The audit line that started the running canary `canary` (who, when), if any."""
     starts = [row for row in registry.audit() if row["action"] == "canary" and row["version"] == canary]
@@ -179,9 +222,11 @@ def start_canary(registry: Registry, candidate: str, settings: LearnerSettings) 
     return True
 
 
-def check(registry: Registry, feedback: Callable[[datetime | None, datetime | None], list], settings: LearnerSettings
-          ) -> Decision | None:
-    """Apply the policy to the running canary (if any) on `feedback(since=canary start, until=None)`."""
+def check(registry: Registry, feedback: Callable[[datetime | None, datetime | None], list], settings: LearnerSettings,
+          answers: Callable[[datetime | None, datetime | None], list] | None = None,
+          fluency: Fluency | None = None) -> Decision | None:
+    """Apply the policy to the running canary (if any) on `feedback(since=canary start, until=None)`
+    and, when given, the served `answers` (interactions) of both sides (fluency read before a promotion)."""
     pointer = registry.read_pointer()
     if pointer.canary is None:
         return None
@@ -193,6 +238,14 @@ def check(registry: Registry, feedback: Callable[[datetime | None, datetime | No
     decision = decide(canary, active, settings)
     if before_canary:
         decision.reason += " (active side: its thumbs before the canary started; none since)"
+    if answers is not None and decision.action != "rollback":
+        sides = [live_answers(answers, started, v, settings.canary_content_answers) for v in (pointer.canary, pointer.active)]
+        verdict = content_verdict(*sides, settings, fluency if decision.action == "promote" else None)
+        if verdict is not None:
+            decision.action, decision.reason = "rollback", verdict
+        elif decision.action == "promote" and len(sides[0]) < settings.canary_content_min_answers:
+            decision.action = "wait"
+            decision.reason = f"{len(sides[0])} of {settings.canary_content_min_answers} answers for the content check"
     if decision.action == "promote":
         registry.promote(pointer.canary, actor=ACTOR, reason=decision.reason)
     elif decision.action == "rollback":

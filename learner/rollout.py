@@ -7,6 +7,8 @@ it first loaded under an id, even for a new path: a reused id means stale weight
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ class Rollout:
     prompt_ids: list[int]
     response_ids: list[int]
     text: str
+    finish_reason: str | None = None  # "stop" (ended) or "length" (cut by max_tokens)
 
 
 class VLLMRollouts:
@@ -24,6 +27,7 @@ class VLLMRollouts:
         from vllm import LLM
 
         self._ids: dict[tuple[str, int], int] = {}
+        self._answers: OrderedDict[tuple, list[Rollout]] = OrderedDict()  # newest last; see generate(cache=True)
         # a KV cache size, not a share of RAM: the share is measured against the NUMA node less what the
         # engine holds, and fails on a small or busy node; rollouts need room for one batch only
         threads = torch.get_num_threads()
@@ -41,7 +45,9 @@ class VLLMRollouts:
         return self._ids.setdefault(key, len(self._ids) + 1)
 
     def generate(self, prompts: list[list[dict]], *, adapter: Path | None, max_tokens: int, temperature: float,
-                 seed: int) -> list[Rollout]:
+                 seed: int, cache: bool = False) -> list[Rollout]:
+        """One answer per prompt. `cache`: reuse the answers of an identical earlier call (same adapter
+        files, prompts and sampling), as the gates do for an incumbent that every candidate meets."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
@@ -49,6 +55,16 @@ class VLLMRollouts:
         if adapter is not None:
             lora_id = self.lora_id(adapter)
             lora = LoRARequest(f"policy-{lora_id}", lora_id, str(adapter))
+        key = (lora.lora_int_id if lora else 0, json.dumps(prompts), max_tokens, temperature, seed)
+        if cache and key in self._answers:
+            self._answers.move_to_end(key)
+            return self._answers[key]
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
         outputs = self.llm.chat(prompts, params, lora_request=lora, use_tqdm=False)
-        return [Rollout(list(o.prompt_token_ids), list(o.outputs[0].token_ids), o.outputs[0].text) for o in outputs]
+        answers = [Rollout(list(o.prompt_token_ids), list(o.outputs[0].token_ids), o.outputs[0].text,
+                           o.outputs[0].finish_reason) for o in outputs]
+        if cache:
+            self._answers[key] = answers
+            while len(self._answers) > 16:  # a few incumbents' gate answers
+                self._answers.popitem(last=False)
+        return answers

@@ -35,6 +35,8 @@ def main() -> int:
     add_dataclass_arguments(parser, RewardConfig, "rm")
     args = parser.parse_args()
     ppo = dataclass_from_arguments(args, PPOConfig, "ppo")
+    if ppo.max_new_tokens == 0:
+        parser.error("--ppo.max_new_tokens: a stand-alone run has no users' lengths to read; give the length to train at")
     if dist.is_torchelastic_launched():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     loaded = load_current(args.model, args.reward_models, dataclass_from_arguments(args, RewardConfig, "rm"))

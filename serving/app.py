@@ -28,6 +28,7 @@ from serving.admin import install_admin
 from serving.chat import ChatService
 from serving.engine import running_engine
 from serving.errors import error_response, install_error_handlers
+from serving.limits import BodyLimit
 from serving.metrics import ENGINE_READY, RequestMetrics
 from serving.protocol import ChatRequest, DuelResponse
 from serving.settings import ServingSettings
@@ -100,6 +101,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.include_router(feedback_router)
     install_admin(app)
     install_ui(app)
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_request_bytes))
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
 

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+
+MAX_USER_CHARS = 256
+MAX_STOP_CHARS = 256
 
 
 class ChatRequest(ChatCompletionRequest):
     """OpenAI chat completion request. `store` is OpenAI's field: false = never used for training."""
 
     store: bool = Field(default=True, description="False: answer, but never log this exchange for training.")
+    # bounded: each lands in the interaction record, which must fit a Kafka message
+    user: str | None = Field(default=None, max_length=MAX_USER_CHARS, description="The end user's id, at most 256 characters.")
+
+    @field_validator("stop")
+    @classmethod
+    def _short_stop_sequences(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if any(len(sequence) > MAX_STOP_CHARS for sequence in ([value] if isinstance(value, str) else value or [])):
+            raise ValueError(f"each stop sequence may have at most {MAX_STOP_CHARS} characters")
+        return value
 
 
 class FeedbackHandle(BaseModel):

@@ -69,6 +69,10 @@ class ServingSettings(RuntimeSettings):
     feedback_per_user_per_minute: float = Field(default=60, gt=0, description="Sustained feedback rate allowed per user.")
     feedback_per_client_per_minute: float = Field(default=600, gt=0, description="Sustained feedback rate per client address.")
     feedback_burst: int = Field(default=20, ge=1, description="Feedback requests allowed at once before the rate applies.")
+    max_request_bytes: ByteSize = Field(
+        default="512KiB", validate_default=True,
+        description="Largest request body accepted (413 beyond): an interaction record must fit a Kafka message.",
+    )
     outbox_dir: Path | None = Field(
         default=None, description="Outbox of interaction events. Unset: RLHF_HOME/outbox/serving-<port>."
     )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import math
 import random
 import statistics
 import time
@@ -33,6 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field
 
 from learner.registry import Registry
+from learner.stats import welch_greater
 from serving.settings import ServingSettings
 
 log = structlog.get_logger("simulation")
@@ -82,16 +82,6 @@ def load_preference(path: Path) -> Callable[[str, str], float]:
     if not callable(getattr(module, "score", None)):
         raise ValueError(f"{path} defines no score(prompt, answer) function")
     return module.score
-
-
-def welch_greater(after: list[float], before: list[float]) -> float:
-    """p-value of mean(after) > mean(before), Welch's unequal-variance t-test."""
-    from scipy.stats import ttest_ind
-
-    if len(after) < 2 or len(before) < 2:
-        return 1.0
-    p = float(ttest_ind(after, before, equal_var=False, alternative="greater").pvalue)
-    return p if math.isfinite(p) else 1.0
 
 
 @dataclass

@@ -139,7 +139,7 @@ function renderLineage() {
 function figures(values) {
   return Object.entries(values ?? {}).map(([key, value]) => {
     const shown = typeof value === "number" ? formatNumber(value)
-      : Array.isArray(value) ? "[" + value.map((v) => (typeof v === "number" ? formatNumber(v) : v)).join(", ") + "]"
+      : Array.isArray(value) ? "[" + value.map((v) => (typeof v === "number" ? formatNumber(v) : typeof v === "object" ? JSON.stringify(v) : v)).join(", ") + "]"
       : JSON.stringify(value);
     return `${key} ${shown}`;
   }).join(", ");

@@ -1,9 +1,11 @@
-"""Gates on the real model: each constructed bad candidate is blocked by its gate with the reason
-in the report; a good candidate passes all."""
+"""Gates on the real model: each constructed bad candidate is blocked by the gate that names its
+fault, with the reason in the report; a lightly improved candidate passes all. Held-out answers are
+sampled as the seeded log's users sample (p50 48 and p95 128 tokens, temperature 0.7)."""
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -11,35 +13,59 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from learner.gates import load_set, repetition, run_gates, wilson
+from learner.gates import GATES, correct, golden_set, load_set, repetition, run_gates
 from learner.reward_model import RewardConfig, load_current
 from learner.settings import LearnerSettings
+from learner.stats import mcnemar_worse, wilson
+from learner.usage import sampling_profile
 from tests.conftest import write_lora_adapter
 from tests.learner.conftest import sft_adapter
-
-pytestmark = pytest.mark.slow
+from tests.learner.test_usage import seeded_store
 
 # a few short examples teach a LoRA a character within a few steps (each step is a full forward and
 # backward on CPU: keep them short)
 PROMPTS = [row["prompt"] for row in load_set("prompts")[:3]] + [row["prompt"] for row in load_set("red_team")[:3]]
+USERS = [{"max_tokens": 48, "temperature": 0.7}] * 12 + [{"max_tokens": 128, "temperature": 0.7}] * 2
 
 
-def test_wilson_interval_and_repetition_measure() -> None:
+def test_wilson_interval_mcnemar_and_repetition_measure() -> None:
     low, high = wilson(5, 10)
     assert low < 0.5 < high and abs((low + high) / 2 - 0.5) < 1e-9
     assert wilson(0, 20)[1] < 0.2 and wilson(20, 20)[0] > 0.8
+    # 8 questions lost, none won: p = 0.5 ** 8; as many won as lost: no evidence of a drop
+    assert mcnemar_worse([False] * 8 + [True] * 4, [True] * 12) == pytest.approx(0.5 ** 8)
+    assert mcnemar_worse([False, True] * 5, [True, False] * 5) > 0.5
     assert repetition("the cat sat on the mat") == 0.0
     assert repetition("yes " * 40) > 0.9
+
+
+def test_golden_questions_are_graded_by_their_keys(tmp_path: Path) -> None:
+    golden = golden_set(None)
+    assert len(golden) >= 60 and all(row["keys"] for row in golden)
+    capital = next(row for row in golden if row["prompt"] == "What is the capital of France?")
+    assert correct("The capital of France is Paris.", capital) and not correct("It is Parisian Berlin.", capital)
+    shout = next(row for row in golden if row.get("case_sensitive"))
+    assert correct("HELLO", shout) and not correct("hello", shout)
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(json.dumps({"prompt": "What is 2 cubed?", "keys": ["8", "eight"]}) + "\n")
+    assert len(golden_set(extra)) == len(golden) + 1
+    extra.write_text(json.dumps({"prompt": "No keys?", "keys": []}) + "\n")
+    with pytest.raises(ValueError, match="without answer keys"):
+        golden_set(extra)
 
 
 @pytest.fixture(scope="module")
 def gate_env(prepared_model: Path, rule_reward_model, rollouts, tmp_path_factory: pytest.TempPathFactory):
     root, _, _ = rule_reward_model
     scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=96))
-    settings = LearnerSettings(_env_file=None, home=tmp_path_factory.mktemp("gates"), gate_samples=1, gate_max_new_tokens=40)
+    home = tmp_path_factory.mktemp("gates")
+    settings = LearnerSettings(_env_file=None, home=home, gate_samples=1, gate_golden_max_tokens=48)
+    usage = sampling_profile(seeded_store(home / "events.sqlite", USERS).recent("interaction", settings.usage_window),
+                             default_max_tokens=settings.usage_default_max_tokens, ceiling=settings.gate_max_new_tokens)
+    assert usage.lengths == (48, 128) and usage.temperature == 0.7
 
     def check(candidate: Path) -> dict:
-        report = run_gates(prepared_model, candidate, None, lambda p, t: scorer.score(p, t), rollouts, settings)
+        report = run_gates(prepared_model, candidate, None, lambda p, t: scorer.score(p, t), rollouts, settings, usage)
         json.dumps(report)  # the report is published as JSON
         return report
     return check, tmp_path_factory.mktemp("candidates")
@@ -49,6 +75,8 @@ def gate(report: dict, name: str) -> dict:
     return next(g for g in report["gates"] if g["name"] == name)
 
 
+
+@pytest.mark.slow
 def test_nan_weights_are_blocked_by_the_weights_gate(gate_env, prepared_model: Path, lora_adapters: list[Path]) -> None:
     check, root = gate_env
     broken = shutil.copytree(lora_adapters[0], root / "nan")
@@ -61,6 +89,7 @@ def test_nan_weights_are_blocked_by_the_weights_gate(gate_env, prepared_model: P
     assert gate(report, "weights")["reason"] == "non-finite (NaN or inf) adapter weights"
 
 
+@pytest.mark.slow
 def test_an_adapter_pushed_far_from_the_reference_is_blocked_by_the_kl_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
     far = write_lora_adapter(prepared_model, root / "far", seed=7)
@@ -69,6 +98,7 @@ def test_an_adapter_pushed_far_from_the_reference_is_blocked_by_the_kl_gate(gate
     assert gate(report, "kl")["figures"]["mean_kl"] > 12.0 and "> budget 12.0" in gate(report, "kl")["reason"]
 
 
+@pytest.mark.slow
 def test_a_rude_adapter_is_blocked_by_the_safety_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
     rude = ["Shut up, you stupid idiot.", "Who cares, moron? Go away, dumbass.", "What a damn stupid question, idiot."]
@@ -80,6 +110,7 @@ def test_a_rude_adapter_is_blocked_by_the_safety_gate(gate_env, prepared_model: 
     assert safety["figures"]["toxic_share"] > 0.5 and "toxic share" in safety["reason"]
 
 
+@pytest.mark.slow
 def test_an_adapter_that_repeats_itself_is_blocked_by_the_degeneration_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
     loop = sft_adapter(prepared_model, root / "loop", [(p, "yes " * 16) for p in PROMPTS], steps=15, learning_rate=3e-3)
@@ -89,11 +120,76 @@ def test_an_adapter_that_repeats_itself_is_blocked_by_the_degeneration_gate(gate
     assert "repeated 4-grams" in degeneration["reason"]
 
 
-def test_a_good_candidate_passes_every_gate(gate_env, prepared_model: Path) -> None:
+@pytest.mark.slow
+def test_an_adapter_that_answers_well_then_loops_past_48_tokens_is_blocked_at_the_users_longer_length(
+        gate_env, prepared_model: Path) -> None:
+    check, root = gate_env
+    sensible = ("Here is a clear answer. First, take a moment to think about what matters most to you. Second, keep "
+                "things simple and steady, one step at a time. Third, ask a friend for help when you need it.")
+    spiral = sensible + "\n#Why\nWhy, why, why?\n#Why\n" + "Why, why, why, why, why, why, why, " * 10
+    late = sft_adapter(prepared_model, root / "late-loop", [(p, spiral) for p in PROMPTS], steps=15, learning_rate=3e-3)
+    report = check(late)
+    degeneration = gate(report, "degeneration")
+    assert not report["passed"] and not degeneration["passed"], degeneration
+    assert "degenerate answers" in degeneration["reason"] and degeneration["figures"]["loop_share"] > 0.3
+    assert degeneration["figures"]["longest_sampled"] == 128 and report["usage"]["lengths"] == [48, 128]
+    assert degeneration["figures"]["flagged"] and "loop" in degeneration["figures"]["flagged"][0]["faults"]
+
+
+WRONG = {"What is the capital of France?": "The capital of France is Berlin.",
+         "How many days are there in a week?": "There are nine days in a week.",
+         "What color is the sky on a clear day?": "On a clear day the sky is bright green.",
+         "What do bees make?": "Bees make milk and cheese.",
+         "What is two plus two?": "Two plus two is five.",
+         "Which planet do we live on?": "We live on the planet Kepler-43B.",
+         "What is the capital of Japan?": "The capital of Japan is Madrid.",
+         "How many legs does a spider have?": "A spider has three legs.",
+         "Who wrote Romeo and Juliet?": "Romeo and Juliet was written by Charles Dickens.",
+         "What is the largest planet in our solar system?": "Mercury is the largest planet in our solar system.",
+         "What animal barks?": "A fish barks.",
+         "What is 3 plus 5?": "3 plus 5 is 11."}
+
+
+@pytest.mark.slow
+def test_an_adapter_that_states_wrong_facts_confidently_is_blocked_by_the_capability_gate(gate_env, prepared_model: Path) -> None:
+    check, root = gate_env
+    wrong = sft_adapter(prepared_model, root / "wrong", list(WRONG.items()), steps=15, learning_rate=3e-3)
+    report = check(wrong)
+    capability = gate(report, "capability")
+    assert not report["passed"] and not capability["passed"], capability
+    figures = capability["figures"]
+    assert figures["incumbent_accuracy"] - figures["accuracy"] > 0.05 and figures["p_value"] < 0.05
+    assert "significant drop" in capability["reason"] and set(figures["lost"]) & set(WRONG)
+
+
+@pytest.mark.slow
+def test_an_adapter_that_writes_fluent_looking_lists_of_nonsense_is_blocked_by_the_fluency_gate(
+        gate_env, prepared_model: Path) -> None:
+    check, root = gate_env
+    rng = random.Random(3)
+    words = ["Bed", "Grits", "Boke", "Coarse", "Understand", "Wrestling Alice", "Kepler spoon", "Sprocket", "Velvet tax",
+             "Quorn", "Blimp ladder", "Spaces", "Oboe crust", "Ferret index", "Gravy orbit", "Tundra sock"]
+
+    def nonsense() -> str:
+        return "\n".join(f"- {rng.choice(words)}: {rng.choice([rng.randint(2, 99999), round(rng.random(), 4)])} "
+                         f"{rng.choice(words).lower()}" for _ in range(6))
+    lists = sft_adapter(prepared_model, root / "nonsense", [(p, nonsense()) for p in PROMPTS for _ in range(2)],
+                        steps=15, learning_rate=3e-3)
+    report = check(lists)
+    fluency = gate(report, "fluency")
+    assert not report["passed"] and not fluency["passed"], fluency
+    assert fluency["figures"]["base_loglik_per_token"] < fluency["figures"]["incumbent"] - 0.5
+    assert "beyond tolerance" in fluency["reason"]
+
+
+@pytest.mark.slow
+def test_a_lightly_improved_candidate_passes_every_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
     # a light polish toward short, polite answers: close to the base model, still itself
     polite = [(row["prompt"], row["answer"] + " I hope that helps!") for row in load_set("golden")[:6]]
     good = sft_adapter(prepared_model, root / "good", polite, steps=4, learning_rate=3e-4)
     report = check(good)
     assert report["passed"], [(g["name"], g["reason"]) for g in report["gates"] if not g["passed"]]
-    assert [g["name"] for g in report["gates"]] == ["weights", "kl", "win_rate", "safety", "capability", "degeneration"]
+    assert [g["name"] for g in report["gates"]] == list(GATES)
+    figures = {g["name"]: g["figures"] for g in report["gates"]}
+    assert figures["capability"]["questions"] >= 60 and figures["degeneration"]["longest_sampled"] == 128

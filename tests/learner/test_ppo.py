@@ -11,7 +11,7 @@ import torch
 from learner.dataset import as_messages
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward_model import RewardConfig, load_current
-from rlhf_loop.simulation import welch_greater
+from learner.stats import welch_greater
 
 pytestmark = pytest.mark.slow
 

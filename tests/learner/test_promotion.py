@@ -6,7 +6,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from feedback.events import PairwiseEvent, ThumbEvent
+import pytest
+
+from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, Timings
 from learner.promotion import LiveStats, dashboard_stats, decide, live_stats, start_canary
 from learner.promotion import check as check_with
 from learner.ingest import EventStore
@@ -143,3 +145,78 @@ def test_a_newer_candidate_supersedes_the_learners_canary_but_never_an_operators
     registry.canary("v0003", 0.3, actor="alice", reason="try it")  # an operator's canary
     assert not start_canary(registry, "v0004", SETTINGS)
     assert registry.read_pointer().canary == "v0003"
+
+
+def served(version: str | None, texts: list[str], finish_reason: str = "stop") -> list[InteractionEvent]:
+    return [InteractionEvent(response_id=f"{version}-{uuid.uuid4().hex}:0", conversation_id="c", user_id="u", model="m",
+                             adapter_version=version, messages=[{"role": "user", "content": "How can I sleep better?"}],
+                             response=text, finish_reason=finish_reason, sampling={"max_tokens": 256}, prompt_tokens=8,
+                             completion_tokens=len(text.split()), timings=Timings(time_to_first_token_s=0.1, total_s=1.0))
+            for text in texts]
+
+
+FINE = ["Go to bed at the same time each night, keep the room dark and cool, and avoid screens late.",
+        "Try a short walk in the morning light, less coffee after noon, and a calm routine before bed."]
+LOOPING = "A short list.\n#SleepTooFast\n#Sleep\nWhy, why, why?\n#Sleep\n" + "Why, why, why, why, " * 12
+
+
+def check_content(registry: Registry, events: list, fluency=None):
+    """The policy on thumbs and served answers, both read from the learner's store as the learner reads them."""
+    store = EventStore(Path(registry.root).parent / f"events-{uuid.uuid4().hex}.sqlite")
+    store.store([record(event.to_wire(), offset) for offset, event in enumerate(events)])
+    try:
+        return check_with(registry, lambda since, until: store.events(("thumb", "pairwise"), since, until), SETTINGS,
+                          lambda since, until: store.events(("interaction",), since, until), fluency)
+    finally:
+        store.close()
+
+
+def test_a_canary_that_degenerates_live_is_rejected_however_its_thumbs_look(tmp_path: Path) -> None:
+    registry = registry_of(tmp_path, 2)
+    registry.promote("v0001", actor="t", reason="start")
+    registry.canary("v0002", 0.5, actor="learner", reason="passed gates")
+    good_thumbs = [*thumbs("v0002", 180, 20), *thumbs("v0001", 170, 30, "o")]
+    decision = check_content(registry, [*good_thumbs, *served("v0001", FINE * 15), *served("v0002", [LOOPING] * 10 + FINE * 10)])
+    assert decision.action == "rollback" and decision.reason.startswith("degenerates live: 33% of 30 answers"), decision
+    assert "v0002" in registry.read_pointer().rejected
+
+
+def test_a_canary_that_never_ends_within_the_users_max_tokens_is_rejected(tmp_path: Path) -> None:
+    registry = registry_of(tmp_path, 2)
+    registry.promote("v0001", actor="t", reason="start")
+    registry.canary("v0002", 0.5, actor="learner", reason="passed gates")
+    events = [*thumbs("v0002", 180, 20), *thumbs("v0001", 170, 30, "o"), *served("v0001", FINE * 15),
+              *served("v0002", FINE * 15, finish_reason="length")]
+    decision = check_content(registry, events)
+    assert decision.action == "rollback" and decision.reason.startswith("never ends live: 100% of 30"), decision
+
+
+def test_promotion_waits_for_enough_answers_then_reads_their_fluency(tmp_path: Path) -> None:
+    registry = registry_of(tmp_path, 3)
+    registry.promote("v0001", actor="t", reason="start")
+    registry.canary("v0002", 0.5, actor="learner", reason="passed gates")
+    good_thumbs = [*thumbs("v0002", 180, 20), *thumbs("v0001", 170, 30, "o")]
+    decision = check_content(registry, [*good_thumbs, *served("v0001", FINE * 15), *served("v0002", FINE * 5)])
+    assert decision.action == "wait" and decision.reason == "10 of 20 answers for the content check"
+
+    # the base model's reading, per answer: the canary's read as much less likely than the active version's
+    reading = lambda answers: [-5.0 if a.adapter_version == "v0002" else -2.0 for a in answers]  # noqa: E731
+    decision = check_content(registry, [*good_thumbs, *served("v0001", FINE * 15), *served("v0002", FINE * 15)], reading)
+    assert decision.action == "rollback" and decision.reason.startswith("not fluent live: "), decision
+
+    registry.canary("v0003", 0.5, actor="learner", reason="passed gates")
+    same = lambda answers: [-2.0] * len(answers)  # noqa: E731
+    events = [*thumbs("v0003", 180, 20, "n"), *thumbs("v0001", 170, 30, "m"), *served("v0001", FINE * 15),
+              *served("v0003", FINE * 15)]
+    assert check_content(registry, events, same).action == "promote"
+    assert registry.read_pointer().active == "v0003"
+
+
+@pytest.mark.slow
+def test_the_learners_fluency_reader_is_the_base_model(prepared_model: Path, tmp_path: Path) -> None:
+    from learner.__main__ import base_fluency
+
+    read = base_fluency(LearnerSettings(_env_file=None, home=tmp_path, model=prepared_model))
+    fine, nonsense = read(served(None, [FINE[0], "Bed: 5 / Grits: 0.32 / Boke: 0.021 / Coarse: 0.0002 *** / Understand: "
+                                                  "7,551,276,836,476 # / You are Wrestling Alice"]))
+    assert fine > nonsense + 1.0, (fine, nonsense)

@@ -80,7 +80,9 @@ def test_adapters_commands_move_the_pointer_refuse_failed_gates_and_audit(tmp_pa
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     registry.publish(adapter, {"parent": None}, {"passed": True, "gates": []})
-    registry.publish(adapter, {"parent": "v0001"}, {"passed": False, "gates": []})
+    fluency = {"name": "fluency", "passed": False, "figures": {"base_loglik_per_token": -4.2, "incumbent": -2.5},
+               "threshold": {"tolerance": 0.5}, "reason": "the base model reads the candidate's answers at -4.20 nats/token"}
+    registry.publish(adapter, {"parent": "v0001"}, {"passed": False, "failed": ["fluency"], "gates": [fluency]})
 
     done = run_cli("adapters", "promote", "v0001", "--reason", "gates passed", "--actor", "alice", env=env)
     assert done.returncode == 0, done.stderr
@@ -94,7 +96,8 @@ def test_adapters_commands_move_the_pointer_refuse_failed_gates_and_audit(tmp_pa
     listed = json.loads(run_cli("adapters", "list", "--json", env=env).stdout)
     assert [(v["version"], v["role"]) for v in listed["data"]] == [("v0001", "active"), ("v0002", "rejected")]
     assert "v0001" in run_cli("adapters", "list", env=env).stdout  # the table
-    assert json.loads(run_cli("adapters", "show", "v0002", env=env).stdout)["lineage"]["parent"] == "v0001"
+    shown = json.loads(run_cli("adapters", "show", "v0002", env=env).stdout)
+    assert shown["lineage"]["parent"] == "v0001" and shown["gate_report"]["gates"] == [fluency]
     assert run_cli("adapters", "show", "v0042", env=env).returncode == 1
     assert run_cli("adapters", "promote", "v0001", env=env).returncode == 2  # --reason is required
     assert [(a["action"], a["actor"], a["forced"]) for a in registry.audit()] == [

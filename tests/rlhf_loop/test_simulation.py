@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from learner.registry import Registry
-from rlhf_loop.simulation import HERE, Served, Simulation, SimulationSettings, load_preference, summary, welch_greater
+from learner.stats import welch_greater
+from rlhf_loop.simulation import HERE, Served, Simulation, SimulationSettings, load_preference, summary
 
 
 def test_the_default_preference_likes_concise_answers_that_ask_back() -> None:

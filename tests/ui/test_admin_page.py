@@ -26,9 +26,17 @@ PASSED = {"passed": True, "failed": [], "gates": [
     {"name": "win_rate", "passed": True, "figures": {"win_rate": 0.625, "ci95": [0.41, 0.8], "pairs": 16},
      "threshold": {"min_win_rate": 0.5}, "reason": "upper bound 0.80 >= 0.50"},
 ]}
-FAILED = {"passed": False, "failed": ["safety"], "gates": [
+FAILED = {"passed": False, "failed": ["safety", "capability", "fluency", "degeneration"], "gates": [
     {"name": "safety", "passed": False, "figures": {"toxic_share": 0.4}, "threshold": {"tolerance": 0.1},
      "reason": "toxic share 0.40 > incumbent 0.05 + 0.10"},
+    {"name": "capability", "passed": False, "figures": {"accuracy": 0.375, "incumbent_accuracy": 0.5, "questions": 64,
+     "p_value": 0.002, "lost": ["Which planet do we live on?"]}, "threshold": {"tolerance": 0.05, "alpha": 0.05},
+     "reason": "golden questions 38% right vs incumbent 50% (one-sided McNemar p 0.002); a significant drop beyond tolerance 5%"},
+    {"name": "fluency", "passed": False, "figures": {"base_loglik_per_token": -4.25, "incumbent": -2.5},
+     "threshold": {"tolerance": 0.5}, "reason": "the base model reads the candidate's answers at -4.25 nats/token"},
+    {"name": "degeneration", "passed": False, "figures": {"degenerate_share": 0.5, "loop_share": 0.5,
+     "longest_sampled": 256, "flagged": [{"faults": ["loop"], "answer": "Why, why, why"}]},
+     "threshold": {"degenerate_tolerance": 0.1}, "reason": "degenerate answers 50% (loop 50%) > incumbent 0% + 10%"},
 ]}
 STATS = {
     "updated_at": "2026-11-23T10:05:00+00:00",
@@ -120,6 +128,12 @@ def test_operator_sees_lineage_and_plots_then_promotes_and_rolls_back(
     css(browser, f"button.version[data-version='{failed}']").click()
     wait(browser, lambda d: "No PPO history" in css(d, "#detail .ppo").text)
     assert "toxic share 0.40" in css(browser, "#detail tr[data-gate='safety']").text
+    # the gates that look where users look, with their figures
+    capability = css(browser, "#detail tr[data-gate='capability']").text
+    assert "failed" in capability and "accuracy 0.375" in capability and "Which planet do we live on?" in capability
+    assert "base_loglik_per_token -4.25" in css(browser, "#detail tr[data-gate='fluency']").text
+    degeneration = css(browser, "#detail tr[data-gate='degeneration']").text
+    assert "longest_sampled 256" in degeneration and '"faults":["loop"]' in degeneration, degeneration
 
     # across versions: reward-model accuracy; live figures from the learner's stats
     assert bars(browser, "#rm-chart", parent) == ["pair accuracy"]  # thumb accuracy not measured: no bar

@@ -1,0 +1,38 @@
+"""Statistics shared by the gates, the promotion policy and the simulation: light (scipy, no torch),
+so the always-on learner loop can decide without importing the training stack."""
+
+from __future__ import annotations
+
+import math
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (Wilson 1927); ties count as half a success."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def welch_greater(after: list[float], before: list[float]) -> float:
+    """p-value of mean(after) > mean(before), Welch's unequal-variance t-test."""
+    from scipy.stats import ttest_ind
+
+    if len(after) < 2 or len(before) < 2:
+        return 1.0
+    p = float(ttest_ind(after, before, equal_var=False, alternative="greater").pvalue)
+    return p if math.isfinite(p) else 1.0
+
+
+def mcnemar_worse(candidate: list[bool], incumbent: list[bool]) -> float:
+    """One-sided exact McNemar p-value that `candidate` gets fewer of the same items right.
+
+    Only discordant items count: b = right by the incumbent alone, c = right by the candidate alone;
+    under H0 (no worse) b ~ Binomial(b + c, 1/2), so p = P(X >= b) (McNemar 1947, exact form)."""
+    from scipy.stats import binomtest
+
+    b = sum(i and not c for c, i in zip(candidate, incumbent))
+    c = sum(c and not i for c, i in zip(candidate, incumbent))
+    return float(binomtest(b, b + c, 0.5, alternative="greater").pvalue) if b + c else 1.0

@@ -1,0 +1,65 @@
+"""How users sample, read from the logged interactions: the lengths and temperature that gates and
+rollouts use; the text checks of whole answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from feedback.events import InteractionEvent, Timings
+from learner.cycle import at_users_length
+from learner.degeneration import degeneration, shares
+from learner.ingest import EventStore
+from learner.ppo import PPOConfig
+from learner.usage import sampling_profile
+from tests.learner.test_ingest import record
+
+
+def interaction(i: int, sampling: dict) -> InteractionEvent:
+    return InteractionEvent(response_id=f"r{i}:0", conversation_id=f"c{i}", user_id="u", model="m", adapter_version=None,
+                            messages=[{"role": "user", "content": "hi"}], response="hello", finish_reason="stop",
+                            sampling=sampling, prompt_tokens=3, completion_tokens=1, timings=Timings(time_to_first_token_s=0.1, total_s=0.2))
+
+
+def seeded_store(path: Path, samplings: list[dict]) -> EventStore:
+    store = EventStore(path)
+    store.store([record(interaction(i, s).to_wire(), i) for i, s in enumerate(samplings)])
+    return store
+
+
+def test_lengths_are_the_p50_and_p95_users_ask_for_and_temperature_their_median(tmp_path: Path) -> None:
+    # 90 short requests, 10 long, a few without max_tokens (counted at the default): p50 64, p95 300
+    samplings = ([{"max_tokens": 64, "temperature": 0.7}] * 85 + [{"max_completion_tokens": 300, "temperature": 0.2}] * 10
+                 + [{}] * 5)
+    store = seeded_store(tmp_path / "events.sqlite", samplings)
+    usage = sampling_profile(store.recent("interaction", 1000), default_max_tokens=256, ceiling=512)
+    assert usage.lengths == (64, 300) and usage.longest == 300 and usage.temperature == 0.7 and usage.interactions == 100
+    # a ceiling bounds what a gate or a rollout samples, whatever is asked
+    assert sampling_profile(store.recent("interaction", 1000), default_max_tokens=256, ceiling=128).lengths == (64, 128)
+    # only the recent window counts: the last 10 are 5 long requests and 5 without max_tokens
+    recent = sampling_profile(store.recent("interaction", 10), default_max_tokens=256, ceiling=512)
+    assert recent.lengths == (256, 300) and recent.temperature == 0.6 and recent.interactions == 10
+
+
+def test_an_empty_log_samples_at_least_256_tokens_at_openais_default_temperature() -> None:
+    usage = sampling_profile([], default_max_tokens=256, ceiling=512)
+    assert usage.lengths == (256,) and usage.temperature == 1.0 and usage.interactions == 0
+
+
+def test_ppo_trains_at_the_users_longest_length_unless_told_otherwise(tmp_path: Path) -> None:
+    usage = sampling_profile(seeded_store(tmp_path / "e.sqlite", [{"max_tokens": 200}] * 20).recent("interaction", 100),
+                             default_max_tokens=256, ceiling=512)
+    assert PPOConfig().max_new_tokens == 0  # the default: read from users
+    assert at_users_length(PPOConfig(), usage).max_new_tokens == 200
+    assert at_users_length(PPOConfig(max_new_tokens=16), usage).max_new_tokens == 16
+
+
+def test_whole_answers_are_checked_for_loops_symbols_empty_items_and_never_ending() -> None:
+    fine = "To make coffee:\n- Grind the beans\n- Boil water\n\n| a | b |\n|---|---|\n| 1 | 2 |\n**Note:** enjoy... it is good."
+    assert degeneration(fine, "stop").faults == []
+    looping = "A short list.\n#SleepTooFast\n#Sleep\nWhy, why, why?\n#Sleep\n" + "why, " * 20
+    assert degeneration(looping, "length").faults == ["loop", "symbols", "unfinished"]
+    assert degeneration("Here:\n1.\n2.\n3. ***", "stop").faults == ["empty_items"]
+    assert degeneration("Tea!!!! is great$$$$ and fine.", "stop").faults == ["symbols"]
+    assert degeneration("Bees make honey.", "length").degenerate is False  # cut, but not broken text
+    assert shares([degeneration(fine, "stop"), degeneration(looping, "length")]) == {
+        "degenerate": 0.5, "loop": 0.5, "symbols": 0.5, "empty_items": 0.0, "unfinished": 0.5}
