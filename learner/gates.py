@@ -220,12 +220,9 @@ def degeneration_gate(candidate: dict[int, list[Rollout]], incumbent: dict[int, 
         cut = shares([degeneration("", r.finish_reason) for r in by_length[longest]])["unfinished"]
         return {**shares(flags), "unfinished": cut}, flags
 
-    everything = [r for rollouts in candidate.values() for r in rollouts]
     found, flags = faults(candidate)
     before, _ = faults(incumbent)
-    candidate, incumbent = everything, [r for rollouts in incumbent.values() for r in rollouts]
-    found, flags = faults(candidate)
-    before, _ = faults(incumbent)
+    candidate, incumbent = ([r for rollouts in side.values() for r in rollouts] for side in (candidate, incumbent))
     empty = sum(not r.text.strip() for r in candidate) / len(candidate)
     repeated = sum(repetition(r.text) for r in candidate) / len(candidate)
     length = sum(len(r.response_ids) for r in candidate) / len(candidate)

@@ -23,6 +23,7 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
+from learner.gates import GATES
 from learner.ingest import EventStore
 from learner.registry import Registry
 from tests.conftest import free_port, wait_for
@@ -34,12 +35,12 @@ SMALL = {
     "RLHF_REWARD": json.dumps({"epochs": 1, "batch_size": 8, "max_length": 64}),
     "RLHF_PPO": json.dumps({"steps": 2, "batch_size": 4, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 16,
                             "rollout_kv_cache_mib": 128}),
-    "RLHF_GATE_SAMPLES": "1", "RLHF_GATE_MAX_NEW_TOKENS": "16",
+    "RLHF_GATE_SAMPLES": "1", "RLHF_GATE_MAX_NEW_TOKENS": "16", "RLHF_GATE_GOLDEN_MAX_TOKENS": "16",
     # promote on the first few thumbs whatever they say: this test is about the plumbing
     # (at 0.5 all three simulated users hash onto the canary: the active side is the base model's thumbs
     # from before the canary started)
     "RLHF_CANARY_SHARE": "0.5", "RLHF_PROMOTION_MIN_FEEDBACK": "3", "RLHF_PROMOTION_MARGIN": "1",
-    "RLHF_PROMOTION_MIN_DUELS": "100000", "RLHF_ROLLBACK_MIN_FEEDBACK": "100000", "RLHF_PROMOTION_CHECK_S": "2",
+    "RLHF_PROMOTION_MIN_DUELS": "100000", "RLHF_CANARY_CONTENT_MIN_ANSWERS": "3", "RLHF_ROLLBACK_MIN_FEEDBACK": "100000", "RLHF_PROMOTION_CHECK_S": "2",
     # short answers: ratings within seconds, and serving leaves the two cores to training
     "RLHF_SIMULATE_THINK_S": "2", "RLHF_SIMULATE_MAX_TOKENS": "8",
 }
@@ -140,7 +141,8 @@ def test_up_with_simulated_users_closes_the_loop_restarts_and_stops_cleanly(prep
     lineage = meta["lineage"]
     assert lineage["parent"] is None and lineage["reward_model"] == "rm-0001" and lineage["data_window"]["feedback_events"] >= 16
     assert lineage["hyperparameters"]["ppo"]["steps"] == 2 and lineage["hyperparameters"]["reward"]["epochs"] == 1
-    assert [g["name"] for g in meta["gate_report"]["gates"]] == ["weights", "kl", "win_rate", "safety", "capability", "degeneration"]
+    assert [g["name"] for g in meta["gate_report"]["gates"]] == list(GATES)
+    assert meta["gate_report"]["usage"]["lengths"] == [8]  # the simulated users' max_tokens
     store = EventStore(tmp_path / "learner" / "events.sqlite")  # what the learner consumed from Kafka
     assert store.count("thumb") + store.count("pairwise") >= 16 and store.count("interaction") >= 16
     store.close()

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from learner.gates import GATES, correct, golden_set, load_set, repetition, run_gates
+from learner.judge import Judge
 from learner.reward_model import RewardConfig, load_current
 from learner.settings import LearnerSettings
 from learner.stats import mcnemar_worse, wilson
@@ -64,8 +65,9 @@ def gate_env(prepared_model: Path, rule_reward_model, rollouts, tmp_path_factory
                              default_max_tokens=settings.usage_default_max_tokens, ceiling=settings.gate_max_new_tokens)
     assert usage.lengths == (48, 128) and usage.temperature == 0.7
 
-    def check(candidate: Path) -> dict:
-        report = run_gates(prepared_model, candidate, None, lambda p, t: scorer.score(p, t), rollouts, settings, usage)
+    def check(candidate: Path, judge: Judge | None = None) -> dict:
+        report = run_gates(prepared_model, candidate, None, lambda p, t: scorer.score(p, t), rollouts, settings, usage,
+                           judge=judge)
         json.dumps(report)  # the report is published as JSON
         return report
     return check, tmp_path_factory.mktemp("candidates")
@@ -183,13 +185,37 @@ def test_an_adapter_that_writes_fluent_looking_lists_of_nonsense_is_blocked_by_t
 
 
 @pytest.mark.slow
-def test_a_lightly_improved_candidate_passes_every_gate(gate_env, prepared_model: Path) -> None:
+def test_a_lightly_improved_candidate_passes_every_gate(gate_env, prepared_model: Path, rollouts) -> None:
     check, root = gate_env
     # a light polish toward short, polite answers: close to the base model, still itself
     polite = [(row["prompt"], row["answer"] + " I hope that helps!") for row in load_set("golden")[:6]]
     good = sft_adapter(prepared_model, root / "good", polite, steps=4, learning_rate=3e-4)
-    report = check(good)
+    report = check(good, judge=Judge(rollouts.llm))  # the bundled model as a (weak) judge: the gate's path
     assert report["passed"], [(g["name"], g["reason"]) for g in report["gates"] if not g["passed"]]
-    assert [g["name"] for g in report["gates"]] == list(GATES)
+    assert [g["name"] for g in report["gates"]] == [*GATES, "judge"]
     figures = {g["name"]: g["figures"] for g in report["gates"]}
     assert figures["capability"]["questions"] >= 60 and figures["degeneration"]["longest_sampled"] == 128
+    assert figures["judge"]["pairs"] == 2 * len(load_set("prompts"))  # each held-out answer at both lengths
+
+
+def test_the_content_gates_compare_answer_by_answer_with_the_incumbent() -> None:
+    from learner.gates import capability_gate, degeneration_gate, fluency_gate
+    from learner.rollout import Rollout
+
+    settings = LearnerSettings(_env_file=None)
+    fine = [Rollout([1], [2] * 10, "Bees make honey and wax.", "stop")] * 4
+    spiral = [Rollout([1], [2] * 128, "Sure.\n#Why\n#Sleep\n#Why\n" + "why, " * 30, "length")] * 4
+    blocked = degeneration_gate({48: fine, 128: spiral}, {48: fine, 128: fine}, settings)
+    assert not blocked.passed and blocked.figures["degenerate_share"] == 0.5 and blocked.figures["unfinished_share"] == 1.0
+    assert "degenerate answers 50%" in blocked.reason and "never ends within 128 tokens" in blocked.reason
+    assert degeneration_gate({48: fine, 128: fine}, {48: fine, 128: fine}, settings).passed
+    # answers cut at the users' length count only against an incumbent that ends more often
+    assert degeneration_gate({48: fine, 128: fine}, {48: fine, 128: fine}, settings).figures["unfinished_share"] == 0.0
+
+    golden = golden_set(None)[:20]
+    right = [row["answer"] for row in golden]
+    wrong = ["I do not know."] * 10 + right[10:]
+    assert not capability_gate(golden, wrong, right, tolerance=0.05, alpha=0.05).passed  # 10 lost: p 0.001
+    assert capability_gate(golden, right[:19] + ["no idea"], right, tolerance=0.05, alpha=0.05).passed  # one lost
+    assert not fluency_gate([-4.5, -4.0], [-2.0, -2.5], tolerance=0.5).passed
+    assert fluency_gate([-2.4, -2.2], [-2.0, -2.5], tolerance=0.5).passed
