@@ -59,7 +59,8 @@ class VLLMRollouts:
         if cache and key in self._answers:
             self._answers.move_to_end(key)
             return self._answers[key]
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        # a seed per request (seed + its index): the same prompt asked twice gets two samples, not one twice
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed + i) for i in range(len(prompts))]
         outputs = self.llm.chat(prompts, params, lora_request=lora, use_tqdm=False)
         answers = [Rollout(list(o.prompt_token_ids), list(o.outputs[0].token_ids), o.outputs[0].text,
                            o.outputs[0].finish_reason) for o in outputs]

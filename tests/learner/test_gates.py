@@ -1,6 +1,7 @@
 """Gates on the real model: each constructed bad candidate is blocked by the gate that names its
 fault, with the reason in the report; a lightly improved candidate passes all. Held-out answers are
-sampled as the seeded log's users sample (p50 48 and p95 128 tokens, temperature 0.7)."""
+sampled as the seeded log's users sample (p50 24 and p95 64 tokens, temperature 0.7): short, so the
+suite stays fast on CPU, and still past where a late loop starts."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tests.learner.test_usage import seeded_store
 # a few short examples teach a LoRA a character within a few steps (each step is a full forward and
 # backward on CPU: keep them short)
 PROMPTS = [row["prompt"] for row in load_set("prompts")[:3]] + [row["prompt"] for row in load_set("red_team")[:3]]
-USERS = [{"max_tokens": 48, "temperature": 0.7}] * 12 + [{"max_tokens": 128, "temperature": 0.7}] * 2
+USERS = [{"max_tokens": 24, "temperature": 0.7}] * 12 + [{"max_tokens": 64, "temperature": 0.7}] * 2
 
 
 def test_wilson_interval_mcnemar_and_repetition_measure() -> None:
@@ -60,10 +61,10 @@ def gate_env(prepared_model: Path, rule_reward_model, rollouts, tmp_path_factory
     root, _, _ = rule_reward_model
     scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=96))
     home = tmp_path_factory.mktemp("gates")
-    settings = LearnerSettings(_env_file=None, home=home, gate_samples=1, gate_golden_max_tokens=48)
+    settings = LearnerSettings(_env_file=None, home=home, gate_samples=1, gate_golden_max_tokens=16)
     usage = sampling_profile(seeded_store(home / "events.sqlite", USERS).recent("interaction", settings.usage_window),
                              default_max_tokens=settings.usage_default_max_tokens, ceiling=settings.gate_max_new_tokens)
-    assert usage.lengths == (48, 128) and usage.temperature == 0.7
+    assert usage.lengths == (24, 64) and usage.temperature == 0.7
 
     def check(candidate: Path, judge: Judge | None = None) -> dict:
         report = run_gates(prepared_model, candidate, None, lambda p, t: scorer.score(p, t), rollouts, settings, usage,
@@ -113,28 +114,17 @@ def test_a_rude_adapter_is_blocked_by_the_safety_gate(gate_env, prepared_model: 
 
 
 @pytest.mark.slow
-def test_an_adapter_that_repeats_itself_is_blocked_by_the_degeneration_gate(gate_env, prepared_model: Path) -> None:
+def test_an_adapter_that_answers_well_then_loops_is_blocked_at_the_users_longer_length(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
-    loop = sft_adapter(prepared_model, root / "loop", [(p, "yes " * 16) for p in PROMPTS], steps=15, learning_rate=3e-3)
-    report = check(loop)
-    degeneration = gate(report, "degeneration")
-    assert not report["passed"] and not degeneration["passed"], degeneration
-    assert "repeated 4-grams" in degeneration["reason"]
-
-
-@pytest.mark.slow
-def test_an_adapter_that_answers_well_then_loops_past_48_tokens_is_blocked_at_the_users_longer_length(
-        gate_env, prepared_model: Path) -> None:
-    check, root = gate_env
-    sensible = ("Here is a clear answer. First, take a moment to think about what matters most to you. Second, keep "
-                "things simple and steady, one step at a time. Third, ask a friend for help when you need it.")
-    spiral = sensible + "\n#Why\nWhy, why, why?\n#Why\n" + "Why, why, why, why, why, why, why, " * 10
+    # sensible for its first ~24 tokens (the users' p50), then a loop only their p95 of 64 shows
+    sensible = "Here is a clear answer: keep things simple and steady, one step at a time, and ask for help."
+    spiral = sensible + "\n#Why\nWhy, why, why?\n#Why\n" + "Why, why, why, why, why, " * 8
     late = sft_adapter(prepared_model, root / "late-loop", [(p, spiral) for p in PROMPTS], steps=15, learning_rate=3e-3)
     report = check(late)
     degeneration = gate(report, "degeneration")
     assert not report["passed"] and not degeneration["passed"], degeneration
     assert "degenerate answers" in degeneration["reason"] and degeneration["figures"]["loop_share"] > 0.3
-    assert degeneration["figures"]["longest_sampled"] == 128 and report["usage"]["lengths"] == [48, 128]
+    assert degeneration["figures"]["longest_sampled"] == 64 and report["usage"]["lengths"] == [24, 64]
     assert degeneration["figures"]["flagged"] and "loop" in degeneration["figures"]["flagged"][0]["faults"]
 
 
@@ -187,14 +177,15 @@ def test_an_adapter_that_writes_fluent_looking_lists_of_nonsense_is_blocked_by_t
 @pytest.mark.slow
 def test_a_lightly_improved_candidate_passes_every_gate(gate_env, prepared_model: Path, rollouts) -> None:
     check, root = gate_env
-    # a light polish toward short, polite answers: close to the base model, still itself
+    # a light polish toward short, polite answers that still declines harm: close to the base model, still itself
     polite = [(row["prompt"], row["answer"] + " I hope that helps!") for row in load_set("golden")[:6]]
+    polite += [(row["prompt"], "I can't help with that, sorry. I hope you understand!") for row in load_set("red_team")[:3]]
     good = sft_adapter(prepared_model, root / "good", polite, steps=4, learning_rate=3e-4)
     report = check(good, judge=Judge(rollouts.llm))  # the bundled model as a (weak) judge: the gate's path
     assert report["passed"], [(g["name"], g["reason"]) for g in report["gates"] if not g["passed"]]
     assert [g["name"] for g in report["gates"]] == [*GATES, "judge"]
     figures = {g["name"]: g["figures"] for g in report["gates"]}
-    assert figures["capability"]["questions"] >= 60 and figures["degeneration"]["longest_sampled"] == 128
+    assert figures["capability"]["questions"] >= 60 and figures["degeneration"]["longest_sampled"] == 64
     assert figures["judge"]["pairs"] == 2 * len(load_set("prompts"))  # each held-out answer at both lengths
 
 
@@ -209,8 +200,11 @@ def test_the_content_gates_compare_answer_by_answer_with_the_incumbent() -> None
     assert not blocked.passed and blocked.figures["degenerate_share"] == 0.5 and blocked.figures["unfinished_share"] == 1.0
     assert "degenerate answers 50%" in blocked.reason and "never ends within 128 tokens" in blocked.reason
     assert degeneration_gate({48: fine, 128: fine}, {48: fine, 128: fine}, settings).passed
-    # answers cut at the users' length count only against an incumbent that ends more often
-    assert degeneration_gate({48: fine, 128: fine}, {48: fine, 128: fine}, settings).figures["unfinished_share"] == 0.0
+    yes = [Rollout([1], [2] * 40, "yes " * 40, "stop")] * 4
+    assert "repeated 4-grams" in degeneration_gate({48: yes}, {48: fine}, settings).reason
+    # answers cut at the users' longest length count against the incumbent's own share of them
+    cut = [Rollout([1], [2] * 128, "Bees make honey and wax, and", "length")] * 4
+    assert degeneration_gate({48: fine, 128: cut}, {48: fine, 128: cut}, settings).passed
 
     golden = golden_set(None)[:20]
     right = [row["answer"] for row in golden]
