@@ -94,7 +94,8 @@ def _bad_requests(serving: ServingServer) -> list[tuple[str, str, dict | str, di
          {"feedback_token_a": token(serving, "r-5"), "feedback_token_b": token(serving, "r-6"), "choice": "c"}, {}, 400, "choice"),
         ("missing rating", "/v1/feedback", {"feedback_token": good}, {}, 400, "rating"),
         ("missing token", "/v1/feedback", {"rating": "up"}, {}, 400, "feedback_token"),
-        ("1 MB comment", "/v1/feedback", {"feedback_token": good, "rating": "up", "comment": "x" * 1_000_000}, {}, 400, "comment"),
+        ("long comment", "/v1/feedback", {"feedback_token": good, "rating": "up", "comment": "x" * 3000}, {}, 400, "comment"),
+        ("1 MB body", "/v1/feedback", {"feedback_token": good, "rating": "up", "comment": "x" * 1_000_000}, {}, 413, "larger than"),
         ("unknown field", "/v1/feedback", {"feedback_token": good, "rating": "up", "score": 5}, {}, 400, "score"),
         ("unknown reason", "/v1/feedback", {"feedback_token": good, "rating": "up", "reasons": ["spam!"]}, {}, 400, "reasons"),
     ]
