@@ -219,4 +219,4 @@ def test_the_learners_fluency_reader_is_the_base_model(prepared_model: Path, tmp
     read = base_fluency(LearnerSettings(_env_file=None, home=tmp_path, model=prepared_model))
     fine, nonsense = read(served(None, [FINE[0], "Bed: 5 / Grits: 0.32 / Boke: 0.021 / Coarse: 0.0002 *** / Understand: "
                                                   "7,551,276,836,476 # / You are Wrestling Alice"]))
-    assert fine > nonsense + 1.0, (fine, nonsense)
+    assert fine > nonsense + 0.5, (fine, nonsense)  # beyond the fluency tolerance
