@@ -35,11 +35,13 @@ def _feedback_count(store: EventStore) -> int:
 
 def base_fluency(settings: LearnerSettings) -> promotion.Fluency:
     """The base model's reading of served answers, loaded (torch and all) only when a canary is up for promotion."""
-    def read(answers: list) -> list[float]:
+    def read(canary: list, active: list) -> tuple[list[float], list[float]]:
         from learner.gates import Likelihoods
 
         model = Likelihoods(settings.model_dir)
-        return model.per_token(model.rollouts([i.messages for i in answers], [i.response for i in answers]))
+        mine, theirs = (model.per_token(model.rollouts([i.messages for i in side], [i.response for i in side]))
+                        for side in (canary, active))
+        return mine, theirs
     return read
 
 

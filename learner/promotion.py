@@ -156,7 +156,8 @@ def decide(canary: LiveStats, active: LiveStats, settings: LearnerSettings) -> D
                                f"and {canary.duels} duels", **figures)
 
 
-Fluency = Callable[[list[InteractionEvent]], list[float]]  # base-model log-likelihood per token of each answer
+# the base model's log-likelihood per token of each answer of two sides (canary, active), read with one model load
+Fluency = Callable[[list[InteractionEvent], list[InteractionEvent]], tuple[list[float], list[float]]]
 
 
 def content_verdict(canary: list[InteractionEvent], active: list[InteractionEvent], settings: LearnerSettings,
@@ -175,7 +176,7 @@ def content_verdict(canary: list[InteractionEvent], active: list[InteractionEven
         return (f"never ends live: {found['unfinished']:.0%} of {len(canary)} answers cut at the user's max_tokens vs "
                 f"active {before['unfinished']:.0%} + {settings.gate_unfinished_tolerance:.0%}")
     if fluency is not None:
-        mine, theirs = fluency(canary), fluency(active)
+        mine, theirs = fluency(canary, active)
         if mine and theirs and sum(mine) / len(mine) < sum(theirs) / len(theirs) - settings.gate_fluency_tolerance:
             return (f"not fluent live: the base model reads its answers at {sum(mine) / len(mine):.2f} nats/token vs "
                     f"the active version's {sum(theirs) / len(theirs):.2f} - {settings.gate_fluency_tolerance}")

@@ -200,12 +200,12 @@ def test_promotion_waits_for_enough_answers_then_reads_their_fluency(tmp_path: P
     assert decision.action == "wait" and decision.reason == "10 of 20 answers for the content check"
 
     # the base model's reading, per answer: the canary's read as much less likely than the active version's
-    reading = lambda answers: [-5.0 if a.adapter_version == "v0002" else -2.0 for a in answers]  # noqa: E731
+    reading = lambda canary, active: ([-5.0] * len(canary), [-2.0] * len(active))  # noqa: E731
     decision = check_content(registry, [*good_thumbs, *served("v0001", FINE * 15), *served("v0002", FINE * 15)], reading)
     assert decision.action == "rollback" and decision.reason.startswith("not fluent live: "), decision
 
     registry.canary("v0003", 0.5, actor="learner", reason="passed gates")
-    same = lambda answers: [-2.0] * len(answers)  # noqa: E731
+    same = lambda canary, active: ([-2.0] * len(canary), [-2.0] * len(active))  # noqa: E731
     events = [*thumbs("v0003", 180, 20, "n"), *thumbs("v0001", 170, 30, "m"), *served("v0001", FINE * 15),
               *served("v0003", FINE * 15)]
     assert check_content(registry, events, same).action == "promote"
@@ -217,6 +217,6 @@ def test_the_learners_fluency_reader_is_the_base_model(prepared_model: Path, tmp
     from learner.__main__ import base_fluency
 
     read = base_fluency(LearnerSettings(_env_file=None, home=tmp_path, model=prepared_model))
-    fine, nonsense = read(served(None, [FINE[0], "Bed: 5 / Grits: 0.32 / Boke: 0.021 / Coarse: 0.0002 *** / Understand: "
-                                                  "7,551,276,836,476 # / You are Wrestling Alice"]))
+    [nonsense], [fine] = read(served(None, ["Bed: 5 / Grits: 0.32 / Boke: 0.021 / Coarse: 0.0002 *** / Understand: "
+                                            "7,551,276,836,476 # / You are Wrestling Alice"]), served(None, [FINE[0]]))
     assert fine > nonsense + 0.5, (fine, nonsense)  # beyond the fluency tolerance
