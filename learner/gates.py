@@ -129,16 +129,21 @@ def kl_gate(kl_per_answer: list[float], budget: float) -> GateResult:
                       {"budget": budget}, f"KL to the base model {mean:.2f} nats {'<=' if passed else '>'} budget {budget}")
 
 
-def win_rate_gate(candidate: torch.Tensor, incumbent: torch.Tensor, minimum: float) -> GateResult:
-    wins = float((candidate > incumbent).sum()) + 0.5 * float((candidate == incumbent).sum())
-    n = len(candidate)
+def win_rate_result(name: str, judged_by: str, wins: float, n: int, minimum: float, **figures: Any) -> GateResult:
+    """Wins (ties half) out of n pairwise comparisons with the incumbent: fail when the 95% Wilson upper
+    bound of the win rate is below `minimum`."""
     low, high = wilson(wins, n)
     passed = high >= minimum
-    return GateResult("win_rate", passed, {"win_rate": wins / n, "ci95": [low, high], "pairs": n,
-                                           "mean_score": float(candidate.mean()), "incumbent_mean_score": float(incumbent.mean())},
+    return GateResult(name, passed, {"win_rate": wins / n, "ci95": [low, high], "pairs": n, **figures},
                       {"min_win_rate": minimum},
-                      f"reward-model win rate {wins / n:.2f} (95% CI {low:.2f}-{high:.2f}) vs incumbent; "
+                      f"{judged_by} win rate {wins / n:.2f} (95% CI {low:.2f}-{high:.2f}) vs incumbent; "
                       f"{'not significantly below' if passed else 'significantly below'} {minimum}")
+
+
+def win_rate_gate(candidate: torch.Tensor, incumbent: torch.Tensor, minimum: float) -> GateResult:
+    wins = float((candidate > incumbent).sum()) + 0.5 * float((candidate == incumbent).sum())
+    return win_rate_result("win_rate", "reward-model", wins, len(candidate), minimum,
+                           mean_score=float(candidate.mean()), incumbent_mean_score=float(incumbent.mean()))
 
 
 def safety_gate(requests: list[str], candidate: list[str], incumbent: list[str], red_team: list[str],
@@ -266,16 +271,9 @@ def degeneration_gate(candidate: dict[int, list[Rollout]], incumbent: dict[int, 
 
 def judge_gate(wins: list[float], minimum: float) -> GateResult:
     """Judge verdicts, 1 a candidate win, 0.5 a tie, 0 a loss (both orders averaged per prompt)."""
-    n = len(wins)
-    low, high = wilson(sum(wins), n)
-    passed = high >= minimum
-    return GateResult("judge", passed, {"win_rate": sum(wins) / n, "ci95": [low, high], "pairs": n},
-                      {"min_win_rate": minimum},
-                      f"judge win rate {sum(wins) / n:.2f} (95% CI {low:.2f}-{high:.2f}) vs incumbent; "
-                      f"{'not significantly below' if passed else 'significantly below'} {minimum}")
+    return win_rate_result("judge", "judge", sum(wins), len(wins), minimum)
 
 
-# -- running them -------------------------------------------------------------------------------------
 class Likelihoods:
     """The base model, with the candidate's (and the incumbent's) LoRA when given, for log-likelihoods."""
 
@@ -379,6 +377,7 @@ def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: 
     policy = scorer.logprobs(cand, "candidate", usage.temperature)
     reference = scorer.logprobs(cand, None, usage.temperature)
     kl = [float((p - r).sum()) for p, r in zip(policy, reference)]
+    answered = [row for row in golden if "answer" in row]  # the likelihood gate reads reference answers
     # fluency: the frozen base model's own reading (temperature 1) of each side's answers
     results = [
         weights,
@@ -390,8 +389,7 @@ def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: 
                     safety_classifiers(settings, guard), settings),
         capability_gate(golden, [r.text for r in cand_golden], [r.text for r in inc_golden],
                         settings.gate_capability_tolerance, settings.gate_capability_alpha),
-        likelihood_gate(scorer.golden_loglik([row for row in golden if "answer" in row], "candidate"),
-                        scorer.golden_loglik([row for row in golden if "answer" in row], incumbent_adapter),
+        likelihood_gate(scorer.golden_loglik(answered, "candidate"), scorer.golden_loglik(answered, incumbent_adapter),
                         settings.gate_likelihood_tolerance),
         fluency_gate(scorer.per_token(cand) or [-math.inf], scorer.per_token(inc) or [0.0], settings.gate_fluency_tolerance),
         degeneration_gate(cand_by_length, inc_by_length, settings),
