@@ -2,8 +2,13 @@
 
 Segments of JSON lines, fsynced before an append returns; a cursor file (written atomically)
 marks how far delivery to Kafka has been acknowledged. Replaying from the cursor after a crash
-may send a record twice; consumers deduplicate by event id, so that is harmless. A torn last line
-(a crash mid-write, never acknowledged to anyone) is cut off when the outbox is opened.
+may send a record twice; consumers deduplicate by event id, so that is harmless.
+
+Its disk may fill or fail. An append that fails (ENOSPC, EIO) raises and is cut back to the last
+whole record, so nothing half-written stays behind the records that follow; should even the cut
+fail, the fragment is closed with a newline before the next append, and the reader hands any line
+that is not a whole record to the sender as `corrupt` (dead-lettered, never fatal). A torn last
+line (a crash mid-write, never acknowledged to anyone) is cut off when the outbox is opened.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,7 @@ class OutboxRecord:
     key: bytes
     value: bytes
     accepted_at: float
+    corrupt: bool = False  # a line of the log that is not a whole record: `value` holds its raw bytes
 
     def to_line(self) -> bytes:
         return json.dumps(
@@ -36,8 +43,11 @@ class OutboxRecord:
 
     @classmethod
     def from_line(cls, line: bytes) -> OutboxRecord:
-        row = json.loads(line)
-        return cls(row["t"], row["k"].encode(), row["v"].encode(), row["a"])
+        try:
+            row = json.loads(line)
+            return cls(row["t"], row["k"].encode(), row["v"].encode(), row["a"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls("", b"", line.rstrip(b"\n"), 0.0, corrupt=True)
 
 
 class OutboxLocked(RuntimeError):
@@ -60,25 +70,57 @@ class Outbox:
         self.cursor, self.cluster_id = self._read_cursor()
         segments = self._segments()
         self._segment = segments[-1] if segments else max(self.cursor.segment, 1)
-        self._file = open(self._path(self._segment), "ab")
         self._cut_torn_tail()
+        self._file = open(self._path(self._segment), "ab", buffering=0)  # unbuffered: a failed write leaves nothing queued
+        self._size = os.fstat(self._file.fileno()).st_size  # bytes of whole records in the open segment
+        self._pending_lock = threading.Lock()  # the writer adds, the sender subtracts
         self.pending = self._count_from(self.cursor)
 
     # -- writing ---------------------------------------------------------------------------
     def append(self, records: list[OutboxRecord]) -> None:
-        """Append and fsync: when this returns, the records survive a crash or power loss."""
-        if self._file.tell() >= self.segment_bytes:
+        """Append and fsync: when this returns, the records survive a crash or power loss. On an
+        OSError (disk full, I/O error) nothing of them stays in the log, and the error is raised."""
+        if self._size >= self.segment_bytes:
             self._roll()
-        self._file.write(b"".join(record.to_line() for record in records))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.pending += len(records)
+        fd = self._file.fileno()
+        if os.fstat(fd).st_size != self._size:  # a fragment an earlier failed append could not cut
+            self._cut_to(self._size) or self._write(fd, b"\n")  # else a line of its own: read back as corrupt
+            self._size = os.fstat(fd).st_size
+        data = b"".join(record.to_line() for record in records)
+        try:
+            self._write(fd, data)
+            os.fsync(fd)
+        except OSError:
+            self._cut_to(self._size)
+            raise
+        self._size += len(data)
+        self._count(len(records))
+
+    @staticmethod
+    def _write(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def _cut_to(self, size: int) -> bool:
+        try:
+            os.ftruncate(self._file.fileno(), size)
+            return True
+        except OSError:
+            return False
+
+    def _count(self, records: int) -> None:
+        with self._pending_lock:
+            self.pending += records
 
     def _roll(self) -> None:
-        self._file.close()
-        self._segment += 1
-        self._file = open(self._path(self._segment), "ab")
+        """The next segment; the old one stays open until the new one exists (a failure leaves the
+        outbox writable where it was)."""
+        new = open(self._path(self._segment + 1), "ab", buffering=0)
         self._fsync_directory()
+        self._file.close()
+        self._file, self._size = new, 0
+        self._segment += 1  # last: a reader that sees the new number finds the old segment complete
 
     # -- reading and acknowledging ------------------------------------------------------------
     def read(self, cursor: Cursor, max_records: int) -> tuple[list[OutboxRecord], Cursor]:
@@ -86,6 +128,7 @@ class Outbox:
         records: list[OutboxRecord] = []
         segment, offset = cursor.segment, cursor.offset
         while len(records) < max_records:
+            writing = self._segment  # read before the segment: if the writer has moved on, it is complete
             path = self._path(segment)
             if not path.exists():
                 break
@@ -97,7 +140,7 @@ class Outbox:
                         break
                     records.append(OutboxRecord.from_line(line))
                     offset += len(line)
-            if len(records) >= max_records or segment >= self._segment:
+            if len(records) >= max_records or segment >= writing:
                 break
             segment, offset = segment + 1, 0
         return records, Cursor(segment, offset)
@@ -107,7 +150,7 @@ class Outbox:
         delivered segments older than the retention."""
         self.cluster_id = cluster_id
         self._write_cursor(cursor)
-        self.pending -= delivered
+        self._count(-delivered)
         horizon = time.time() - self.retention_s
         for segment in self._segments():
             if segment < cursor.segment and self._path(segment).stat().st_mtime < horizon:
@@ -119,13 +162,14 @@ class Outbox:
         start = Cursor(segments[0], 0) if segments else self.cursor
         again = self._count_from(start) - self.pending
         self._write_cursor(start)
-        self.pending += again
+        self._count(again)
         return again
 
     def dead_letter(self, record: OutboxRecord, reason: str) -> None:
         """Set aside a record Kafka refused for good (too large, invalid), fsynced, so delivery goes on
         past it and an operator can still read (or replay) it: `dead-letter.jsonl`, one JSON line each."""
-        line = json.dumps({**json.loads(record.to_line()), "reason": reason, "dead_lettered_at": time.time()}).encode()
+        row = {"raw": record.value.decode(errors="replace")} if record.corrupt else json.loads(record.to_line())
+        line = json.dumps({**row, "reason": reason, "dead_lettered_at": time.time()}).encode()
         with open(self.directory / "dead-letter.jsonl", "ab") as stream:
             stream.write(line + b"\n")
             stream.flush()
@@ -140,10 +184,6 @@ class Outbox:
             os.fsync(stream.fileno())
         os.replace(tmp, self.directory / "cursor.json")
         self.cursor = cursor
-
-    def oldest_pending_age_s(self) -> float:
-        records, _ = self.read(self.cursor, 1)
-        return time.time() - records[0].accepted_at if records else 0.0
 
     def close(self) -> None:
         self._file.close()
@@ -166,11 +206,12 @@ class Outbox:
 
     def _cut_torn_tail(self) -> None:
         path = self._path(self._segment)
+        if not path.exists():
+            return
         data = path.read_bytes()
         whole = data.rfind(b"\n") + 1
         if whole != len(data):
             os.truncate(path, whole)
-            self._file.seek(0, os.SEEK_END)
 
     def _count_from(self, cursor: Cursor) -> int:
         count = 0

@@ -4,6 +4,10 @@
 per batch) and resolves each event's future once it is on disk; a sender thread delivers the
 outbox to Kafka in order (acks=all, idempotent) and advances the outbox cursor only after the
 broker acknowledged. A down broker only grows the backlog, visible in metrics.
+
+Both threads are supervised: an unexpected error (a cursor write that fails, a bug) is logged,
+counted in `rlhf_outbox_thread_restarts_total` and the loop starts again after a backoff, so
+neither ever dies silently; `health()` is their state for `/readyz`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ SEND_FAILURES = Counter("rlhf_outbox_send_failures_total", "Failed delivery atte
 DEAD_LETTERED = Counter(
     "rlhf_outbox_dead_lettered_total", "Events Kafka refused for good (too large, invalid), set aside in the outbox's "
     "dead-letter.jsonl so delivery goes on; any is worth an alert.", ["outbox", "reason"])
+APPEND_FAILURES = Counter("rlhf_outbox_append_failures_total",
+                          "Batches the outbox could not write (disk full or failing): refused, nothing kept.", ["outbox"])
+WRITABLE = Gauge("rlhf_outbox_writable", "0 while the outbox's last append failed (disk full or failing), else 1.", ["outbox"])
+THREAD_RESTARTS = Counter("rlhf_outbox_thread_restarts_total",
+                          "Outbox writer/sender loops restarted after an unexpected error.", ["outbox", "thread"])
 REPLAYS = Counter("rlhf_outbox_replays_total", "Times a fresh (emptied) broker was detected and the retained log replayed.", ["outbox"])
 
 
@@ -66,9 +75,12 @@ class DurableProducer:
         self._wake_sender = threading.Event()
         self._stop = threading.Event()
         self._kafka: KafkaProducer | None = None
-        self._writer = threading.Thread(target=self._write_loop, name=f"outbox-writer-{self.name}", daemon=True)
-        self._sender = threading.Thread(target=self._send_loop, name=f"outbox-sender-{self.name}", daemon=True)
+        self.writable = True
+        self.last_error: dict[str, str] = {}  # thread -> its last unexpected error
+        self._writer = self._supervised("writer", self._write_loop)
+        self._sender = self._supervised("sender", self._send_loop)
         BACKLOG.labels(self.name).set(self.outbox.pending)
+        WRITABLE.labels(self.name).set(1)
 
     def start(self) -> DurableProducer:
         self._writer.start()
@@ -80,6 +92,11 @@ class DurableProducer:
         done: Future[None] = Future()
         self._queue.put((OutboxRecord(topic, event.kafka_key(), event.to_wire(), time.time()), done))
         return done
+
+    def health(self) -> dict:
+        """Whether both threads run and the outbox takes writes, with the last errors (for /readyz)."""
+        return {"writer": self._writer.is_alive(), "sender": self._sender.is_alive(), "writable": self.writable,
+                "backlog": self.backlog, "errors": dict(self.last_error)}
 
     @property
     def backlog(self) -> int:
@@ -107,6 +124,22 @@ class DurableProducer:
         self.outbox.close()
 
     # -- threads -----------------------------------------------------------------------------
+    def _supervised(self, role: str, loop) -> threading.Thread:
+        """A daemon thread that runs `loop` until it returns, restarting it after any error."""
+        def run() -> None:
+            backoff = self.retry_backoff_s
+            while True:
+                try:
+                    return loop()
+                except Exception as error:  # noqa: BLE001 - whatever it was, the thread must go on
+                    THREAD_RESTARTS.labels(self.name, role).inc()
+                    self.last_error[role] = repr(error)
+                    log.exception("outbox.thread_restarted", outbox=self.name, thread=role, backoff_s=backoff)
+                    if self._stop.wait(backoff) and role == "sender":
+                        return
+                    backoff = min(backoff * 2, 30.0)
+        return threading.Thread(target=run, name=f"outbox-{role}-{self.name}", daemon=True)
+
     def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
@@ -118,19 +151,27 @@ class DurableProducer:
                     break
                 batch.append(item)
             entries = [entry for entry in batch if entry is not None]
+            stopping = len(entries) < len(batch)  # the stop marker came with this batch
             if entries:
                 try:
                     self.outbox.append([record for record, _ in entries])
-                except OSError as error:  # disk full or gone: the caller must not be told "accepted"
-                    log.error("outbox.append_failed", outbox=self.name, error=str(error))
+                except Exception as error:  # disk full or gone: the caller must not be told "accepted"
                     for _, done in entries:
                         done.set_exception(error)
+                    if not isinstance(error, OSError) and not stopping:
+                        raise
+                    self.writable = False
+                    WRITABLE.labels(self.name).set(0)
+                    APPEND_FAILURES.labels(self.name).inc()
+                    log.error("outbox.append_failed", outbox=self.name, error=str(error))
                 else:
+                    self.writable = True
+                    WRITABLE.labels(self.name).set(1)
                     for _, done in entries:
                         done.set_result(None)
                     BACKLOG.labels(self.name).set(self.backlog)
                     self._wake_sender.set()
-            if len(entries) < len(batch):  # the stop marker
+            if stopping:
                 return
 
     def _send_loop(self) -> None:
@@ -147,7 +188,8 @@ class DurableProducer:
                 self._wake_sender.clear()
                 continue
             try:
-                refused = self._deliver(records)
+                refused = self._deliver([r for r in records if not r.corrupt])
+                refused += [(r, "corrupt outbox line (not a whole record)") for r in records if r.corrupt]
             except (KafkaError, OSError) as error:
                 SEND_FAILURES.labels(self.name).inc()
                 log.warning("outbox.send_failed", outbox=self.name, backlog=self.backlog, error=repr(error))
@@ -156,10 +198,11 @@ class DurableProducer:
                 self._stop.wait(self.retry_backoff_s)
                 continue
             for record, error in refused:  # a poison pill never blocks what comes after it
-                self.outbox.dead_letter(record, repr(error))
-                DEAD_LETTERED.labels(self.name, type(error).__name__).inc()
+                reason = error if isinstance(error, str) else repr(error)
+                self.outbox.dead_letter(record, reason)
+                DEAD_LETTERED.labels(self.name, "CorruptLine" if record.corrupt else type(error).__name__).inc()
                 log.error("outbox.dead_lettered", outbox=self.name, topic=record.topic, bytes=len(record.value),
-                          error=repr(error))
+                          error=reason)
             self.outbox.ack(after, len(records), self._cluster_id)
             DELIVERED.labels(self.name).inc(len(records) - len(refused))
             BACKLOG.labels(self.name).set(self.backlog)
@@ -192,7 +235,7 @@ class DurableProducer:
             self._probe.close()
             self._probe = None
 
-    def _deliver(self, records: list[OutboxRecord]) -> list[tuple[OutboxRecord, KafkaError]]:
+    def _deliver(self, records: list[OutboxRecord]) -> list[tuple[OutboxRecord, KafkaError | str]]:
         """Send a batch and wait for every acknowledgement. Raises on a transient failure (the batch is
         sent again: consumers deduplicate); returns the records refused for good, with their errors."""
         if self._kafka is None:
@@ -205,7 +248,7 @@ class DurableProducer:
                 request_timeout_ms=int(self.delivery_timeout_s * 1000),
                 client_id=f"rlhf-outbox-{self.name}",
             )
-        refused: list[tuple[OutboxRecord, KafkaError]] = []
+        refused: list[tuple[OutboxRecord, KafkaError | str]] = []
         futures = []
         for record in records:
             try:  # the client refuses a record over its max_request_size here, before sending

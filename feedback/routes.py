@@ -18,7 +18,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 def _refused(error: FeedbackRefused) -> JSONResponse:
     REJECTED.labels(error.reason).inc()
-    headers = {"Retry-After": retry_after_header(error.retry_after_s)} if error.status == 429 else None
+    headers = {"Retry-After": retry_after_header(error.retry_after_s)} if error.retry_after_s > 0 else None
     return JSONResponse(
         status_code=error.status, headers=headers,
         content={"error": {"message": error.message, "type": error.reason, "param": error.param, "code": error.status}},

@@ -26,6 +26,8 @@ ACCEPTED = Counter("rlhf_feedback_accepted_total", "Feedback events made durable
 REJECTED = Counter("rlhf_feedback_rejected_total", "Feedback requests refused, by reason.", ["reason"])
 REPLAYED = Counter("rlhf_feedback_idempotent_replays_total", "Retries answered from the idempotency cache.")
 
+STORAGE_RETRY_AFTER_S = 5.0  # a full disk is an operator's fix or a backlog's drain: not instant, not long
+
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1b8e-3c55-4d8e-9a55-2a8f3b7c9d10")
 
 
@@ -151,7 +153,12 @@ class FeedbackService:
                                       "idempotency_conflict", param="idempotency_key")
             REPLAYED.inc()
             return FeedbackAccepted(id=event_id, stored=True)
-        await asyncio.wrap_future(self.producer.submit(self.topic, event))  # 202 only once on disk
+        try:
+            await asyncio.wrap_future(self.producer.submit(self.topic, event))  # 202 only once on disk
+        except OSError as error:  # the outbox's disk is full or failing: nothing of this event was kept
+            raise FeedbackRefused(503, f"feedback storage is unavailable ({error.strerror or error}); nothing was "
+                                       f"stored, retry later", "storage_unavailable",
+                                  retry_after_s=STORAGE_RETRY_AFTER_S) from None
         ACCEPTED.labels(kind).inc()
         if key is not None:
             self._seen[event.event_id] = (request_hash, event.event_id)

@@ -5,7 +5,9 @@ replaces (never reloaded in place: vLLM would reuse stale prefix-cache blocks). 
 to it with one assignment; requests already running hold a lease on the adapter they started
 with, and an adapter is unloaded only once its leases drain. The pointer's `previous` version stays
 loaded while it is, so a rollback is a routing change with no load on the way. A version that fails
-to load leaves the current one serving and shows up in metrics and logs.
+to load leaves the current one serving, shows up in metrics and logs, and is tried again (backoff up
+to a minute). The watcher survives every error; `lag_s()` says how long this replica has not been
+following the pointer, and `/readyz` fails past RLHF_ADAPTER_STALE_S.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ SWAP_SECONDS = Histogram(
     "rlhf_serving_adapter_swap_seconds", "From seeing a pointer move to routing requests to it (load included).",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
+POINTER_AGE = Gauge("rlhf_serving_pointer_age_seconds", "Seconds since serving last read the registry pointer.")
+FOLLOW_LAG = Gauge("rlhf_serving_pointer_lag_seconds",
+                   "Seconds this replica has not served what the pointer names (unreadable pointer or failed load); 0 in step.")
 LOAD_FAILURES = Counter("rlhf_serving_adapter_load_failures_total", "Adapter versions that failed to load.", ["version"])
 INFLIGHT = Gauge("rlhf_serving_adapter_inflight", "Requests running on each loaded adapter.", ["version"])
 
@@ -93,6 +98,19 @@ class AdapterRouter:
         self.canary_share = 0.0
         self._applied: Pointer | None = None
         self._lock = asyncio.Lock()
+        self.read_at = time.monotonic()  # the last successful pointer read
+        self.behind_since: float | None = None  # since when a version the pointer names failed to load
+        self._retry_at = 0.0
+        self._retry_s = poll_s
+        POINTER_AGE.set_function(lambda: time.monotonic() - self.read_at)
+        FOLLOW_LAG.set_function(self.lag_s)
+
+    def lag_s(self) -> float:
+        """How long this replica has not been following the pointer: since the last successful read, or
+        since a version it names first failed to load, whichever is longer; ~0 in step."""
+        unread = time.monotonic() - self.read_at
+        unread = unread if unread > 2 * self.poll_s + 1 else 0.0  # a poll in progress is no lag
+        return max(unread, 0.0 if self.behind_since is None else time.monotonic() - self.behind_since)
 
     def lora_name(self, version: str) -> str:
         return f"{self.base_model_name}@{version}"
@@ -134,15 +152,23 @@ class AdapterRouter:
 
     # -- swapping --------------------------------------------------------------------------------
     async def watch(self) -> None:
-        """Poll the pointer and apply each move; runs for the life of the server."""
+        """Poll the pointer and apply each move, retrying versions that failed to load; runs for the
+        life of the server, whatever a read or a load raises."""
+        failures = 0
         while True:
             try:
-                pointer = self.registry.read_pointer()
-            except (OSError, ValueError) as error:  # a pointer mid-copy on an object store, say
-                log.warning("adapters.pointer_unreadable", error=str(error))
-            else:
-                if pointer != self._applied:
+                pointer = await asyncio.to_thread(self.registry.read_pointer)  # file or object-store I/O
+                self.read_at = time.monotonic()
+                retry = self.behind_since is not None and time.monotonic() >= self._retry_at
+                failures = 0
+                if pointer != self._applied or retry:
                     await self.apply(pointer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a pointer mid-copy, a store away, a bug: keep watching
+                failures += 1
+                if failures == 1 or failures % 100 == 0:  # not one line per poll through an outage
+                    log.warning("adapters.watch_failed", error=repr(error), failures=failures)
             await asyncio.sleep(self.poll_s)
 
     async def apply(self, pointer: Pointer) -> None:
@@ -152,6 +178,8 @@ class AdapterRouter:
             routed: dict[str, LoadedAdapter | None] = {}
             for role, version in wanted.items():
                 routed[role] = None if version is None else await self._ensure_loaded(version)
+            failed = [version for role, version in wanted.items() if version is not None and routed[role] is None]
+            self._note_failures(failed)
             if pointer.active is not None and routed["active"] is None:
                 routed["active"] = self.active  # keep serving what works
             self.active, self.canary = routed["active"], routed["canary"]
@@ -167,6 +195,17 @@ class AdapterRouter:
                 if not self._kept(adapter):
                     asyncio.create_task(self._retire(adapter))
 
+    def _note_failures(self, failed: list[str]) -> None:
+        """Versions that did not load are tried again, with a backoff doubling up to a minute."""
+        now = time.monotonic()
+        if not failed:
+            self.behind_since, self._retry_s = None, self.poll_s
+            return
+        self.behind_since = self.behind_since or now
+        self._retry_at = now + self._retry_s
+        self._retry_s = min(self._retry_s * 2, 60.0)
+        log.warning("adapters.behind", failed=failed, retry_in_s=round(self._retry_at - now, 1))
+
     def _kept(self, adapter: LoadedAdapter) -> bool:
         """Routed to (active or canary), or the rollback target of the applied pointer."""
         return (adapter is self.active or adapter is self.canary
@@ -179,18 +218,22 @@ class AdapterRouter:
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 
         try:
-            path = self.registry.version_path(version)
-        except RegistryError as error:
+            path = await asyncio.to_thread(self.registry.version_path, version)
+        except (RegistryError, OSError, ValueError) as error:
             LOAD_FAILURES.labels(version).inc()
             log.error("adapters.load_failed", version=version, error=str(error))
             return None
         started = time.perf_counter()
-        result = await self.models.load_lora_adapter(
-            LoadLoRAAdapterRequest(lora_name=self.lora_name(version), lora_path=str(path))
-        )
-        if isinstance(result, ErrorResponse):
+        try:
+            result = await self.models.load_lora_adapter(
+                LoadLoRAAdapterRequest(lora_name=self.lora_name(version), lora_path=str(path))
+            )
+        except Exception as error:  # noqa: BLE001 - vLLM raising instead of answering an ErrorResponse
+            result = error
+        if isinstance(result, (Exception, ErrorResponse)):
             LOAD_FAILURES.labels(version).inc()
-            log.error("adapters.load_failed", version=version, error=result.error.message)
+            log.error("adapters.load_failed", version=version,
+                      error=result.error.message if isinstance(result, ErrorResponse) else repr(result))
             return None
         request = self.models.lora_requests[self.lora_name(version)]
         adapter = LoadedAdapter(version, request.lora_name, request.lora_int_id)

@@ -116,14 +116,20 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        """Readiness: 200 once the engine serves chat, 503 before."""
+        """Readiness: 200 once the engine serves chat; 503 before, when the outbox's threads are down,
+        or when this replica has not followed the registry pointer for RLHF_ADAPTER_STALE_S."""
         if not request.app.state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
-        router = request.app.state.router
+        router, outbox = request.app.state.router, request.app.state.producer.health()
+        lag = router.lag_s()
+        problems = ([f"the registry pointer is not followed for {lag:.0f}s (see adapters.* logs)"]
+                    if lag > settings.adapter_stale_s else [])
+        problems += [f"the outbox {thread} thread is not running" for thread in ("writer", "sender") if not outbox[thread]]
         return JSONResponse({
-            "status": "ready", "model": settings.served_model_name,
+            "status": "not ready" if problems else "ready", "problems": problems, "model": settings.served_model_name,
             "active_adapter": router.version_of(router.active), "canary_adapter": router.version_of(router.canary),
-        })
+            "pointer_lag_s": round(lag, 1), "outbox": outbox,
+        }, status_code=503 if problems else 200)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -59,6 +59,10 @@ class ServingSettings(RuntimeSettings):
         default=False, description="Let a request pin an adapter by model name `<served>@<version>` (evaluation)."
     )
     adapter_poll_s: float = Field(default=0.5, gt=0, description="How often serving reads the registry pointer.")
+    adapter_stale_s: float = Field(
+        default=60.0, gt=0, description="`/readyz` fails (503) when the registry pointer could not be read for this "
+                                        "long, or a version it names has failed to load for this long: the replica "
+                                        "no longer follows moves (rollbacks included).")
     user_header: str | None = Field(
         default=None,
         description=(

@@ -146,7 +146,7 @@ def serving(prepared_model: Path, broker: EmbeddedBroker, tmp_path_factory: pyte
     port = free_port()
     ensure_topics(RuntimeSettings(kafka_bootstrap_servers=",".join(broker.bootstrap_servers)))
     env = service_env(home, prepared_model, broker, RLHF_PORT=str(port), RLHF_USER_HEADER="X-Forwarded-User",
-                      RLHF_ADMIN_TOKEN=ADMIN_TOKEN, RLHF_KV_CACHE_MEMORY="512MiB")
+                      RLHF_ADMIN_TOKEN=ADMIN_TOKEN, RLHF_KV_CACHE_MEMORY="512MiB", RLHF_ADAPTER_STALE_S="3")
     server = ServingServer(env, port, home / "serving.log")
     try:
         server.wait_ready()

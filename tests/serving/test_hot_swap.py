@@ -137,8 +137,16 @@ def test_corrupt_adapter_fails_to_load_and_the_old_one_keeps_serving(
     deadline = time.monotonic() + 30
     while metric(serving, "rlhf_serving_adapter_load_failures_total") <= failures_before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert metric(serving, "rlhf_serving_adapter_load_failures_total") == failures_before + 1
+    assert metric(serving, "rlhf_serving_adapter_load_failures_total") >= failures_before + 1
     assert all(served_version(serving) == good for _ in range(3))
     assert f'rlhf_serving_adapter_info{{role="active",version="{good}"}} 1.0' in httpx.get(f"{serving.base_url}/metrics").text
+    # the load is retried, and past RLHF_ADAPTER_STALE_S (3 s here) the replica says it is not following
+    deadline = time.monotonic() + 30
+    while (ready := httpx.get(f"{serving.base_url}/readyz")).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ready.status_code == 503 and "not followed" in ready.json()["problems"][0], ready.text
+    assert metric(serving, "rlhf_serving_adapter_load_failures_total") >= failures_before + 2  # tried again
+    assert metric(serving, "rlhf_serving_pointer_lag_seconds") > 3
     registry.move_pointer(Pointer(active=None), actor="test", reason="back to base")
     wait_until_served(serving, None, timeout_s=5)
+    assert httpx.get(f"{serving.base_url}/readyz").status_code == 200  # following again
