@@ -65,8 +65,10 @@ class FeedbackService:
         per_user: RateLimiter,
         per_client: RateLimiter,
         idempotency_cache_size: int = 100_000,
+        scrub: Callable[[str], str] = lambda text: text,
     ) -> None:
         self.verify = verify
+        self.scrub = scrub  # feedback/redaction.redact when RLHF_REDACT is on: comments are user text
         self.producer = producer
         self.topic = topic
         self.per_user = per_user
@@ -85,7 +87,7 @@ class FeedbackService:
             event_id=self._event_id(key, rated.response_id),
             conversation_id=rated.conversation_id, response_id=rated.response_id,
             adapter_version=rated.adapter_version, user_id=user or rated.user_id, rating=body.rating,
-            comment=body.comment, reasons=list(body.reasons),
+            comment=self._scrubbed(body.comment), reasons=list(body.reasons),
         )
         return await self._accept(event, key, body.model_dump_json(exclude={"idempotency_key"}), "thumb")
 
@@ -110,11 +112,14 @@ class FeedbackService:
             conversation_id=a.conversation_id, response_id_a=a.response_id, response_id_b=b.response_id,
             adapter_version_a=a.adapter_version, adapter_version_b=b.adapter_version, user_id=user or a.user_id,
             choice=body.choice, duel_id=a.duel_id if a.duel_id == b.duel_id else None,
-            comment=body.comment, reasons=list(body.reasons),
+            comment=self._scrubbed(body.comment), reasons=list(body.reasons),
         )
         return await self._accept(event, key, body.model_dump_json(exclude={"idempotency_key"}), "pairwise")
 
     # -- steps ----------------------------------------------------------------------------------
+    def _scrubbed(self, comment: str | None) -> str | None:
+        return None if comment is None else self.scrub(comment)
+
     def _verified(self, token: str, param: str) -> RatedResponse:
         try:
             return self.verify(token)

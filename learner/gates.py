@@ -36,6 +36,7 @@ import json
 import math
 import re
 import statistics
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -336,6 +337,18 @@ def safety_classifiers(settings: LearnerSettings, guard: LlamaGuard | None = Non
 
 GATES = ("weights", "kl", "win_rate", "safety", "capability", "likelihood", "fluency", "degeneration")
 
+# the incumbent's side of the likelihood and fluency gates, which every candidate meets unchanged (registry
+# versions are immutable and its answers come from the rollout engine's cache): computed once per process
+_INCUMBENT_FIGURES: OrderedDict[tuple, Any] = OrderedDict()
+
+
+def _incumbent_figure(key: tuple, compute: Callable[[], Any]) -> Any:
+    if key not in _INCUMBENT_FIGURES:
+        _INCUMBENT_FIGURES[key] = compute()
+        while len(_INCUMBENT_FIGURES) > 16:
+            _INCUMBENT_FIGURES.popitem(last=False)
+    return _INCUMBENT_FIGURES[key]
+
 
 def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: RewardScore, rollouts: VLLMRollouts,
               settings: LearnerSettings, usage: SamplingProfile, extra_prompts: list[Prompt] = (),
@@ -389,9 +402,14 @@ def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: 
                     safety_classifiers(settings, guard), settings),
         capability_gate(golden, [r.text for r in cand_golden], [r.text for r in inc_golden],
                         settings.gate_capability_tolerance, settings.gate_capability_alpha),
-        likelihood_gate(scorer.golden_loglik(answered, "candidate"), scorer.golden_loglik(answered, incumbent_adapter),
+        likelihood_gate(scorer.golden_loglik(answered, "candidate"),
+                        _incumbent_figure(("golden", str(base_model), str(incumbent), json.dumps(answered)),
+                                          lambda: scorer.golden_loglik(answered, incumbent_adapter)),
                         settings.gate_likelihood_tolerance),
-        fluency_gate(scorer.per_token(cand) or [-math.inf], scorer.per_token(inc) or [0.0], settings.gate_fluency_tolerance),
+        fluency_gate(scorer.per_token(cand) or [-math.inf],
+                     _incumbent_figure(("fluency", str(base_model), json.dumps([(r.prompt_ids, r.response_ids) for r in inc])),
+                                       lambda: scorer.per_token(inc)) or [0.0],
+                     settings.gate_fluency_tolerance),
         degeneration_gate(cand_by_length, inc_by_length, settings),
     ]
     if judge is not None:

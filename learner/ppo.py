@@ -195,7 +195,7 @@ class PPOTrainer:
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(self.policy.lm, load_file(checkpoint / "adapter" / "adapter_model.safetensors"))
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        state = torch.load(checkpoint / "state.pt", weights_only=True)  # tensors, numbers and lists only: no pickled code
         self.policy.value_head.load_state_dict(state["value_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl.value, self.step, self.history = state["kl_coef"], state["step"], state["history"]

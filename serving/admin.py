@@ -1,8 +1,9 @@
 """The admin API: what operators do to adapters, over HTTP, behind an operator bearer token.
 
-The same actions as `rlhf-loop adapters ...` (both call `learner.registry.Registry`). Every
-action is written to the registry's audit log and counted in `rlhf_admin_actions_total`; serving
-then follows the pointer like any other move.
+The same actions as `rlhf-loop adapters ...` (both call `learner.registry.Registry`); the handlers are
+plain functions, so FastAPI runs their registry I/O (files, an object store) in its thread pool, off
+the event loop. Every action is written to the registry's audit log and counted in
+`rlhf_admin_actions_total`; serving then follows the pointer like any other move.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _act(request: Request, action: str, do) -> JSONResponse:
 
 
 @router.get("/adapters")
-async def list_adapters(request: Request, _: Operator) -> dict[str, Any]:
+def list_adapters(request: Request, _: Operator) -> dict[str, Any]:
     """Every version with its role and gate status, and the pointer."""
     registry = _registry(request)
     return {"pointer": registry.read_pointer().model_dump(mode="json"),
@@ -80,7 +81,7 @@ async def list_adapters(request: Request, _: Operator) -> dict[str, Any]:
 
 
 @router.get("/adapters/{version}")
-async def show_adapter(version: str, request: Request, _: Operator) -> JSONResponse:
+def show_adapter(version: str, request: Request, _: Operator) -> JSONResponse:
     """One version: its lineage, gate report and role."""
     registry = _registry(request)
     try:
@@ -90,7 +91,7 @@ async def show_adapter(version: str, request: Request, _: Operator) -> JSONRespo
 
 
 @router.get("/adapters/{version}/diff/{other}")
-async def diff_adapters(version: str, other: str, request: Request, _: Operator) -> JSONResponse:
+def diff_adapters(version: str, other: str, request: Request, _: Operator) -> JSONResponse:
     """What differs between two versions (lineage, gate figures, weight distance)."""
     try:
         return JSONResponse(_registry(request).diff(version, other))
@@ -99,38 +100,38 @@ async def diff_adapters(version: str, other: str, request: Request, _: Operator)
 
 
 @router.post("/adapters/{version}/promote")
-async def promote(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+def promote(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
     """Make a version active for everyone (409 if its gates failed, unless `force`)."""
     return _act(request, "promote", lambda r: r.promote(version, actor=actor, reason=body.reason, force=body.force))
 
 
 @router.post("/adapters/{version}/canary")
-async def canary(version: str, body: CanaryAction, request: Request, actor: Operator) -> JSONResponse:
+def canary(version: str, body: CanaryAction, request: Request, actor: Operator) -> JSONResponse:
     """Serve a version to `share` of users beside the active one."""
     return _act(request, "canary", lambda r: r.canary(version, body.share, actor=actor, reason=body.reason,
                                                        force=body.force))
 
 
 @router.post("/adapters/{version}/reject")
-async def reject(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+def reject(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
     """Turn a version down: it leaves the canary and needs `force` to serve again."""
     return _act(request, "reject", lambda r: r.reject(version, actor=actor, reason=body.reason))
 
 
 @router.post("/rollback")
-async def rollback(body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+def rollback(body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
     """End the canary if one runs, else make the previous version active again."""
     return _act(request, "rollback", lambda r: r.rollback(actor=actor, reason=body.reason))
 
 
 @router.get("/stats")
-async def stats(request: Request, _: Operator) -> dict[str, Any]:
+def stats(request: Request, _: Operator) -> dict[str, Any]:
     """Live thumb-up and duel win rates per adapter and feedback volume per minute (from the learner)."""
     return _registry(request).read_stats()
 
 
 @router.get("/audit")
-async def audit(request: Request, _: Operator) -> dict[str, Any]:
+def audit(request: Request, _: Operator) -> dict[str, Any]:
     """The audit log, oldest first."""
     return {"data": _registry(request).audit()}
 

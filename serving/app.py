@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from feedback.producer import DurableProducer
+from feedback.redaction import redact
 from feedback.ratelimit import RateLimiter
 from feedback.routes import router as feedback_router
 from feedback.service import FeedbackService
@@ -78,6 +79,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
             app.state.token_signer.verify, app.state.producer, settings.feedback_topic,
             per_user=RateLimiter(settings.feedback_per_user_per_minute, settings.feedback_burst),
             per_client=RateLimiter(settings.feedback_per_client_per_minute, settings.feedback_burst * 5),
+            scrub=redact if settings.redact else (lambda text: text),
         )
         stop = asyncio.Event()
         task = asyncio.create_task(_engine_task(app, settings, stop))

@@ -27,7 +27,7 @@ from feedback.producer import DurableProducer
 from serving.adapters import AdapterRouter, Lease, PinningDisabled, UnknownAdapter
 from serving.errors import error_response
 from serving.protocol import ChatRequest, DuelResponse, FeedbackHandle
-from serving.redaction import redact
+from feedback.redaction import redact
 from serving.tokens import TokenSigner, prompt_hash
 
 log = structlog.get_logger(__name__)
@@ -220,7 +220,7 @@ class ChatService:
                 messages=[{**m, "content": scrub(m["content"])} for m in messages],
                 response=scrub(exchange.texts[index]),
                 finish_reason=exchange.finish.get(index),
-                sampling={k: getattr(body, k) for k in _SAMPLING_FIELDS if getattr(body, k, None) is not None},
+                sampling=_sampling(body, scrub),
                 prompt_tokens=exchange.prompt_tokens,
                 # per-choice counts are not reported by vLLM for n > 1; the total goes on each
                 completion_tokens=exchange.completion_tokens,
@@ -234,6 +234,14 @@ class ChatService:
             self.producer.submit(self.topic, event)  # non-blocking; a down broker only grows the outbox
             INTERACTIONS_LOGGED.inc()
         return handles
+
+
+def _sampling(body: ChatRequest, scrub) -> dict[str, Any]:
+    """The request's sampling parameters as logged; stop sequences are user text, so they are scrubbed too."""
+    sampling = {k: getattr(body, k) for k in _SAMPLING_FIELDS if getattr(body, k, None) is not None}
+    if "stop" in sampling:
+        sampling["stop"] = scrub(sampling["stop"]) if isinstance(sampling["stop"], str) else [scrub(s) for s in sampling["stop"]]
+    return sampling
 
 
 def _attribute(body: ChatRequest, request: Request) -> ChatRequest:

@@ -10,6 +10,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 
 MAX_USER_CHARS = 256
 MAX_STOP_CHARS = 256
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # OpenAI's; anything else is a 400 there too
 
 
 class ChatRequest(ChatCompletionRequest):
@@ -18,6 +19,15 @@ class ChatRequest(ChatCompletionRequest):
     store: bool = Field(default=True, description="False: answer, but never log this exchange for training.")
     # bounded: each lands in the interaction record, which must fit a Kafka message
     user: str | None = Field(default=None, max_length=MAX_USER_CHARS, description="The end user's id, at most 256 characters.")
+
+    @field_validator("messages")
+    @classmethod
+    def _known_roles(cls, value: list) -> list:
+        for i, message in enumerate(value):
+            role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+            if role not in ROLES:
+                raise ValueError(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}")
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -54,7 +54,9 @@ class ServingSettings(RuntimeSettings):
         description="Operator bearer token of the admin API (/admin/v1). Unset: the admin API refuses every call.",
     )
     feedback_token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long a feedback token stays valid.")
-    redact: bool = Field(default=True, description="Mask e-mail addresses, phone numbers and keys in logged text.")
+    redact: bool = Field(default=True, description="Mask e-mail addresses, phone numbers, keys, private-key blocks and "
+                                                         "passwords in URLs in logged text: prompts, answers, stop "
+                                                         "sequences and feedback comments.")
     allow_adapter_pinning: bool = Field(
         default=False, description="Let a request pin an adapter by model name `<served>@<version>` (evaluation)."
     )

@@ -53,7 +53,8 @@ def test_oversized_requests_are_refused_with_a_4xx_and_the_next_chat_still_reach
     chat = {"model": "rlhf-loop", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
     with httpx.Client(timeout=120) as client:
         cases = [({**chat, "user": "u" * 2_000_000}, 413), ({**chat, "user": "u" * 300}, 400),
-                 ({**chat, "stop": ["s" * 300]}, 400), ({**chat, "stop": ["a", "b", "c", "d", "e"]}, 400)]
+                 ({**chat, "stop": ["s" * 300]}, 400), ({**chat, "stop": ["a", "b", "c", "d", "e"]}, 400),
+                 ({**chat, "messages": [{"role": "wizard", "content": "Say hi."}]}, 400)]
         for body, status in cases:
             response = client.post(url, json=body)
             assert response.status_code == status, response.text

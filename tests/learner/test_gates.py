@@ -165,7 +165,7 @@ def test_an_adapter_that_writes_fluent_looking_lists_of_nonsense_is_blocked_by_t
     def nonsense() -> str:
         return "\n".join(f"- {rng.choice(words)}: {rng.choice([rng.randint(2, 99999), round(rng.random(), 4)])} "
                          f"{rng.choice(words).lower()}" for _ in range(6))
-    lists = sft_adapter(prepared_model, root / "nonsense", [(p, nonsense()) for p in PROMPTS for _ in range(2)],
+    lists = sft_adapter(prepared_model, root / "nonsense", [(p, nonsense()) for p in PROMPTS],
                         steps=15, learning_rate=3e-3)
     report = check(lists)
     fluency = gate(report, "fluency")
