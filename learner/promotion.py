@@ -40,7 +40,7 @@ from feedback.events import InteractionEvent, PairwiseEvent
 from feedback.export import latest_thumbs
 from learner.degeneration import degeneration, shares
 from learner.stats import wilson
-from learner.registry import Registry
+from learner.registry import Conflict, Registry
 from learner.settings import LearnerSettings
 
 log = structlog.get_logger(__name__)
@@ -210,7 +210,8 @@ def start_canary(registry: Registry, candidate: str, settings: LearnerSettings) 
     the same active version, restarts the live comparison instead of queueing behind it."""
     if settings.canary_share <= 0:
         return False
-    running = registry.read_pointer().canary
+    pointer = registry.read_pointer()
+    running = pointer.canary
     reason = "passed its gates"
     if running is not None:
         start = canary_start(registry, running)
@@ -218,7 +219,11 @@ def start_canary(registry: Registry, candidate: str, settings: LearnerSettings) 
             log.info("canary.slot_taken", candidate=candidate, canary=running)
             return False
         reason += f"; supersedes canary {running}"
-    registry.canary(candidate, settings.canary_share, actor=LEARNER, reason=reason)
+    try:
+        registry.canary(candidate, settings.canary_share, actor=LEARNER, reason=reason, expected=pointer.revision)
+    except Conflict as error:  # an operator moved the pointer meanwhile: theirs stands
+        log.info("canary.not_started", candidate=candidate, why=str(error))
+        return False
     log.info("canary.started", version=candidate, share=settings.canary_share, superseded=running)
     return True
 
@@ -247,10 +252,15 @@ def check(registry: Registry, feedback: Callable[[datetime | None, datetime | No
         elif decision.action == "promote" and len(sides[0]) < settings.canary_content_min_answers:
             decision.action = "wait"
             decision.reason = f"{len(sides[0])} of {settings.canary_content_min_answers} answers for the content check"
-    if decision.action == "promote":
-        registry.promote(pointer.canary, actor=ACTOR, reason=decision.reason)
-    elif decision.action == "rollback":
-        registry.reject(pointer.canary, actor=ACTOR, reason=decision.reason)
+    try:  # only on the pointer decided on: an operator's move meanwhile (a rollback, say) wins
+        if decision.action == "promote":
+            registry.promote(pointer.canary, actor=ACTOR, reason=decision.reason, expected=pointer.revision)
+        elif decision.action == "rollback":
+            registry.reject(pointer.canary, actor=ACTOR, reason=decision.reason, expected=pointer.revision)
+    except Conflict as error:
+        log.info("canary.decision_dropped", version=pointer.canary, action=decision.action, why=str(error))
+        decision.action, decision.reason = "wait", f"not applied: {error}"
+        return decision
     if decision.action != "wait":
         log.info("canary.decided", version=pointer.canary, action=decision.action, reason=decision.reason)
     return decision

@@ -10,9 +10,17 @@ A light module (no torch): serving imports it to watch the pointer and for the a
 `root` is a local directory or an fsspec URL (`s3://bucket/registry`, `gs://...`, `memory://...`).
 Versions are never overwritten (OpenPipe ART's step directories). Locally, publishing and pointer
 moves are atomic (write to a temporary name, fsync, rename). On an object store a version is
-complete once its meta.json exists (written last) and the pointer is one object PUT, which object
-stores make atomic; there, one learner (the only publisher) must write at a time, as in k8s/.
-Remote versions are copied once into a local cache, since vLLM loads adapters from local paths.
+complete once its meta.json exists (written last). Remote versions are copied once into a local
+cache, since vLLM loads adapters from local paths.
+
+Pointer moves are compare-and-set: the pointer carries a `revision`; a move reads it, computes the
+new pointer and writes revision + 1 only if nobody moved it meanwhile (locally under a file lock; on
+S3 with a conditional PUT, `If-Match` on the ETag read). A caller that passes `expected` (the
+promotion policy) is refused with `Conflict` when the pointer is no longer the one it decided on;
+without it (an operator) a lost race is re-read and applied on top, so an operator's move always
+lands. On S3 each move's audit entry is its own object (`audit/<revision>.json`, written once), so
+concurrent writers never lose a line. Object stores other than S3 have no conditional PUT here:
+there one writer at a time is assumed, as in k8s/.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -41,6 +49,10 @@ class UnknownVersion(RegistryError):
     pass
 
 
+class Conflict(RegistryError):
+    """The pointer moved since the caller read it: nothing was written."""
+
+
 class Pointer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,6 +61,7 @@ class Pointer(BaseModel):
     canary_share: float = Field(default=0.0, ge=0.0, le=1.0)
     previous: str | None = Field(default=None, description="The active version before the last move (rollback target).")
     rejected: tuple[str, ...] = Field(default=(), description="Versions an operator or the canary policy turned down.")
+    revision: int = Field(default=0, ge=0, description="Moves so far: each move writes revision + 1 (compare-and-set).")
     updated_at: datetime | None = None
 
 
@@ -149,34 +162,105 @@ class Registry:
             return Pointer()
 
     def audit(self) -> list[dict[str, Any]]:
+        """Every move, oldest first."""
         try:
             text = self.fs.cat_file(self._path("audit.jsonl")).decode()
         except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+            text = ""
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if self._conditional:
+            try:
+                paths = sorted(self.fs.ls(self._path("audit"), detail=False, refresh=True))
+            except FileNotFoundError:
+                paths = []
+            rows += [json.loads(text) for text in self.fs.cat(paths).values()] if paths else []
+        return rows
 
     def move_pointer(self, pointer: Pointer, *, actor: str, reason: str, action: str = "move",
-                     version: str | None = None, forced: bool = False) -> Pointer:
-        """Write a new pointer atomically and append the move to the audit log."""
-        for name in (pointer.active, pointer.canary):
-            if name is not None:
-                self.meta(name)  # refuse to point at something that does not exist
-        before = self.read_pointer()
-        pointer = pointer.model_copy(update={"updated_at": datetime.now(timezone.utc)})
+                     version: str | None = None, forced: bool = False, expected: int | None = None) -> Pointer:
+        """Set the pointer to `pointer` (its revision is ignored) and append the move to the audit log."""
+        return self._transition(lambda current: pointer, actor=actor, reason=reason, action=action, version=version,
+                                forced=forced, expected=expected)
+
+    def _transition(self, change: Callable[[Pointer], Pointer], *, actor: str, reason: str, action: str,
+                    version: str | None | Callable[[Pointer], str | None], forced: bool = False,
+                    expected: int | None = None) -> Pointer:
+        """Compare-and-set: read the pointer, `change` it (raising RegistryError to refuse), write it as the
+        next revision only if it is still the one read. With `expected`, a pointer at another revision is
+        a Conflict; without, a lost race is read again and the change applied on top (a few tries)."""
+        for attempt in range(5):
+            with self._exclusive():
+                before, tag = self._read_pointer_tagged()
+                if expected is not None and before.revision != expected:
+                    raise Conflict(f"the pointer moved (revision {before.revision}, expected {expected}): "
+                                   f"read it again and decide anew")
+                after = change(before)
+                for name in (after.active, after.canary):
+                    if name is not None:
+                        self.meta(name)  # refuse to point at something that does not exist
+                after = after.model_copy(update={"updated_at": datetime.now(timezone.utc), "revision": before.revision + 1})
+                if not self._write_pointer(after, tag):
+                    if expected is not None or attempt == 4:
+                        raise Conflict(f"another writer moved the pointer past revision {before.revision} meanwhile")
+                    continue
+                self._append_audit({
+                    "at": after.updated_at.isoformat(), "actor": actor, "action": action,
+                    "version": version(before) if callable(version) else version,
+                    "reason": reason, "forced": forced, "revision": after.revision,
+                    "before": before.model_dump(mode="json", exclude={"updated_at", "revision"}),
+                    "after": after.model_dump(mode="json", exclude={"updated_at", "revision"}),
+                })
+                return after
+        raise AssertionError("unreachable")
+
+    # -- compare-and-set storage: a file lock locally, conditional PUTs on S3 ----------------------------
+    @property
+    def _conditional(self) -> bool:
+        return not self.local and "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def _read_pointer_tagged(self) -> tuple[Pointer, str | None]:
+        """The pointer and, on S3, the ETag of exactly that content (None when there is no pointer yet)."""
+        path = self._path("pointer.json")
+        if not self._conditional:
+            return self.read_pointer(), None
+        for _ in range(10):  # HEAD, GET, HEAD: the same ETag both sides means the content read is that version
+            try:
+                tag = self.fs.info(path, refresh=True)["ETag"]
+                pointer = Pointer.model_validate_json(self.fs.cat_file(path))
+                if self.fs.info(path, refresh=True)["ETag"] == tag:
+                    return pointer, tag
+            except FileNotFoundError:
+                return Pointer(), None
+        raise Conflict("the pointer keeps changing while it is read")
+
+    def _write_pointer(self, pointer: Pointer, tag: str | None) -> bool:
+        """Write the pointer if it is still at `tag` (S3); False when another writer got there first."""
+        path = self._path("pointer.json")
         self.fs.makedirs(self.root, exist_ok=True)
-        self._write(self._path("pointer.json"), pointer.model_dump_json())
-        line = json.dumps({
-            "at": pointer.updated_at.isoformat(), "actor": actor, "action": action, "version": version,
-            "reason": reason, "forced": forced,
-            "before": before.model_dump(mode="json", exclude={"updated_at"}),
-            "after": pointer.model_dump(mode="json", exclude={"updated_at"}),
-        }) + "\n"
+        if not self._conditional:
+            self._write(path, pointer.model_dump_json())
+            return True
+        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        try:
+            self.fs.pipe_file(path, pointer.model_dump_json().encode(), **condition)
+        except (OSError, FileExistsError) as error:
+            self.fs.invalidate_cache(path)
+            now = self.fs.info(path, refresh=True)["ETag"] if self.fs.exists(path) else None
+            if now != tag:  # a 412: someone else wrote first
+                return False
+            raise error
+        self.fs.invalidate_cache(path)
+        return True
+
+    def _append_audit(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row) + "\n"
         if self.local:
-            with open(self._path("audit.jsonl"), "a") as audit:
+            with open(self._path("audit.jsonl"), "a") as audit:  # under the pointer's file lock
                 audit.write(line)
-        else:  # object stores cannot append: rewrite (one learner writes at a time, see the module doc)
-            self._write(self._path("audit.jsonl"), "".join(json.dumps(row) + "\n" for row in self.audit()) + line)
-        return pointer
+        elif self._conditional:  # one object per move: concurrent writers never overwrite each other's line
+            self.fs.pipe_file(self._path("audit", f"{row['revision']:012d}.json"), line.encode(), IfNoneMatch="*")
+        else:  # no conditional PUT: rewrite (one writer at a time, see the module doc)
+            self._write(self._path("audit.jsonl"), "".join(json.dumps(r) + "\n" for r in self.audit()) + line)
 
     # -- live statistics (the learner writes them; the admin API and dashboard read them) ------------
     def write_stats(self, stats: dict[str, Any]) -> None:
@@ -191,8 +275,8 @@ class Registry:
 
     @contextlib.contextmanager
     def _exclusive(self):
-        """Serialize read-modify-write pointer actions across processes (local registries: a file
-        lock; object stores offer no lock, so there one writer at a time is assumed)."""
+        """Serialize read-modify-write pointer actions across processes on a local registry (a file
+        lock; on S3 the conditional PUT in `_write_pointer` does that job)."""
         if not self.local:
             yield
             return
@@ -210,54 +294,55 @@ class Registry:
         if status != "passed":
             raise RegistryError(f"{version} has {status} gates; pass force to serve it anyway (recorded in the audit log)")
 
-    def promote(self, version: str, *, actor: str, reason: str, force: bool = False) -> Pointer:
+    def promote(self, version: str, *, actor: str, reason: str, force: bool = False, expected: int | None = None) -> Pointer:
         """Make `version` active for everyone; the old active becomes `previous`."""
-        with self._exclusive():
-            pointer = self.read_pointer()
+        def change(pointer: Pointer) -> Pointer:
             self._check_servable(version, pointer, force)
             if pointer.active == version:
                 raise RegistryError(f"{version} is already active")
             canary = (None, 0.0) if pointer.canary == version else (pointer.canary, pointer.canary_share)
-            return self.move_pointer(pointer.model_copy(update={
-                "active": version, "previous": pointer.active, "canary": canary[0], "canary_share": canary[1],
-            }), actor=actor, reason=reason, action="promote", version=version, forced=force)
+            return pointer.model_copy(update={
+                "active": version, "previous": pointer.active, "canary": canary[0], "canary_share": canary[1]})
+        return self._transition(change, actor=actor, reason=reason, action="promote", version=version, forced=force,
+                                expected=expected)
 
-    def canary(self, version: str, share: float, *, actor: str, reason: str, force: bool = False) -> Pointer:
+    def canary(self, version: str, share: float, *, actor: str, reason: str, force: bool = False,
+               expected: int | None = None) -> Pointer:
         """Serve `version` to `share` of users (sticky per user), beside the active one."""
-        with self._exclusive():
-            pointer = self.read_pointer()
-            if not 0.0 < share <= 1.0:
-                raise RegistryError(f"canary share must be in (0, 1], not {share}")
+        if not 0.0 < share <= 1.0:
+            raise RegistryError(f"canary share must be in (0, 1], not {share}")
+
+        def change(pointer: Pointer) -> Pointer:
             if pointer.active == version:
                 raise RegistryError(f"{version} is already active")
             self._check_servable(version, pointer, force)
-            return self.move_pointer(pointer.model_copy(update={"canary": version, "canary_share": share}),
-                                     actor=actor, reason=reason, action="canary", version=version, forced=force)
+            return pointer.model_copy(update={"canary": version, "canary_share": share})
+        return self._transition(change, actor=actor, reason=reason, action="canary", version=version, forced=force,
+                                expected=expected)
 
-    def rollback(self, *, actor: str, reason: str) -> Pointer:
+    def rollback(self, *, actor: str, reason: str, expected: int | None = None) -> Pointer:
         """End a canary if one runs; otherwise make `previous` active again."""
-        with self._exclusive():
-            pointer = self.read_pointer()
+        def change(pointer: Pointer) -> Pointer:
             if pointer.canary is not None:
-                return self.move_pointer(pointer.model_copy(update={"canary": None, "canary_share": 0.0}),
-                                         actor=actor, reason=reason, action="rollback", version=pointer.canary)
+                return pointer.model_copy(update={"canary": None, "canary_share": 0.0})
             if pointer.previous is None and pointer.active is None:
                 raise RegistryError("nothing to roll back: no canary, no active adapter")
-            return self.move_pointer(pointer.model_copy(update={"active": pointer.previous, "previous": pointer.active}),
-                                     actor=actor, reason=reason, action="rollback", version=pointer.active)
+            return pointer.model_copy(update={"active": pointer.previous, "previous": pointer.active})
+        return self._transition(change, actor=actor, reason=reason, action="rollback", expected=expected,
+                                version=lambda pointer: pointer.canary if pointer.canary is not None else pointer.active)
 
-    def reject(self, version: str, *, actor: str, reason: str) -> Pointer:
+    def reject(self, version: str, *, actor: str, reason: str, expected: int | None = None) -> Pointer:
         """Turn a version down: it leaves the canary, and it needs force to serve from now on."""
-        with self._exclusive():
-            pointer = self.read_pointer()
-            self.meta(version)
+        self.meta(version)
+
+        def change(pointer: Pointer) -> Pointer:
             if pointer.active == version:
                 raise RegistryError(f"{version} is active: roll back or promote another version first")
             update: dict[str, Any] = {"rejected": tuple(sorted({*pointer.rejected, version}))}
             if pointer.canary == version:
                 update.update(canary=None, canary_share=0.0)
-            return self.move_pointer(pointer.model_copy(update=update), actor=actor, reason=reason, action="reject",
-                                     version=version)
+            return pointer.model_copy(update=update)
+        return self._transition(change, actor=actor, reason=reason, action="reject", version=version, expected=expected)
 
     def summary(self, version: str) -> dict[str, Any]:
         """One version as operators list it: role, gates, creation time, lineage."""

@@ -51,14 +51,17 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         elif args.adapters_command == "diff":
             _print_json(registry.diff(args.version, args.other))
         elif args.adapters_command == "promote":
-            _print_json(registry.promote(args.version, actor=args.actor, reason=args.reason, force=args.force).model_dump(mode="json"))
+            _print_json(registry.promote(args.version, actor=args.actor, reason=args.reason, force=args.force,
+                                         expected=args.expected_revision).model_dump(mode="json"))
         elif args.adapters_command == "canary":
             _print_json(registry.canary(args.version, args.share, actor=args.actor, reason=args.reason,
-                                        force=args.force).model_dump(mode="json"))
+                                        force=args.force, expected=args.expected_revision).model_dump(mode="json"))
         elif args.adapters_command == "rollback":
-            _print_json(registry.rollback(actor=args.actor, reason=args.reason).model_dump(mode="json"))
+            _print_json(registry.rollback(actor=args.actor, reason=args.reason,
+                                          expected=args.expected_revision).model_dump(mode="json"))
         elif args.adapters_command == "reject":
-            _print_json(registry.reject(args.version, actor=args.actor, reason=args.reason).model_dump(mode="json"))
+            _print_json(registry.reject(args.version, actor=args.actor, reason=args.reason,
+                                        expected=args.expected_revision).model_dump(mode="json"))
     except RegistryError as error:
         print(f"rlhf-loop: {error}", file=sys.stderr)
         return 1
@@ -82,6 +85,8 @@ def add_adapters_parser(commands) -> None:
         parser.add_argument("--reason", required=True, help="why: written to the audit log")
         parser.add_argument("--actor", default=f"{getpass.getuser()}@{socket.gethostname()}",
                             help="who: written to the audit log (default: user@host)")
+        parser.add_argument("--expected-revision", type=int, default=None,
+                            help="apply only if the pointer is still at this revision (see `adapters list --json`)")
         if force:
             parser.add_argument("--force", action="store_true",
                                 help="serve it although its gates failed or it was rejected (audited)")

@@ -25,6 +25,9 @@ class AdminAction(BaseModel):
 
     reason: str = Field(min_length=1, max_length=1000, description="Why: written to the audit log.")
     force: bool = Field(default=False, description="Serve a version whose gates failed or that was rejected (audited).")
+    expected_revision: int | None = Field(
+        default=None, ge=0, description="Apply only if the pointer is still at this revision (409 otherwise); "
+                                        "omitted: applied to the pointer as it is now.")
 
 
 class CanaryAction(AdminAction):
@@ -102,26 +105,29 @@ def diff_adapters(version: str, other: str, request: Request, _: Operator) -> JS
 @router.post("/adapters/{version}/promote")
 def promote(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
     """Make a version active for everyone (409 if its gates failed, unless `force`)."""
-    return _act(request, "promote", lambda r: r.promote(version, actor=actor, reason=body.reason, force=body.force))
+    return _act(request, "promote", lambda r: r.promote(version, actor=actor, reason=body.reason, force=body.force,
+                                                         expected=body.expected_revision))
 
 
 @router.post("/adapters/{version}/canary")
 def canary(version: str, body: CanaryAction, request: Request, actor: Operator) -> JSONResponse:
     """Serve a version to `share` of users beside the active one."""
     return _act(request, "canary", lambda r: r.canary(version, body.share, actor=actor, reason=body.reason,
-                                                       force=body.force))
+                                                       force=body.force, expected=body.expected_revision))
 
 
 @router.post("/adapters/{version}/reject")
 def reject(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
     """Turn a version down: it leaves the canary and needs `force` to serve again."""
-    return _act(request, "reject", lambda r: r.reject(version, actor=actor, reason=body.reason))
+    return _act(request, "reject", lambda r: r.reject(version, actor=actor, reason=body.reason,
+                                                                 expected=body.expected_revision))
 
 
 @router.post("/rollback")
 def rollback(body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
     """End the canary if one runs, else make the previous version active again."""
-    return _act(request, "rollback", lambda r: r.rollback(actor=actor, reason=body.reason))
+    return _act(request, "rollback", lambda r: r.rollback(actor=actor, reason=body.reason,
+                                                              expected=body.expected_revision))
 
 
 @router.get("/stats")

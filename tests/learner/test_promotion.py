@@ -110,6 +110,26 @@ def test_check_promotes_or_rolls_back_the_running_canary(tmp_path: Path) -> None
     assert [(a["action"], a["actor"]) for a in registry.audit()[-2:]] == [("canary", "learner"), ("reject", "canary-policy")]
 
 
+def test_an_operators_rollback_while_the_policy_decides_wins_over_its_promotion(tmp_path: Path) -> None:
+    registry = registry_of(tmp_path, 2)
+    registry.promote("v0001", actor="t", reason="start")
+    registry.canary("v0002", 0.1, actor="learner", reason="passed gates")
+    events = [*thumbs("v0002", 180, 20), *thumbs("v0001", 170, 30, "o")]  # a clear promotion on its own
+    store = EventStore(tmp_path / "events.sqlite")
+    store.store([record(event.to_wire(), offset) for offset, event in enumerate(events)])
+
+    def feedback(since, until):  # the policy reads feedback after the pointer: an operator acts just then
+        if registry.read_pointer().canary is not None:
+            registry.rollback(actor="alice", reason="saw something odd")
+        return store.events(("thumb", "pairwise"), since, until)
+    decision = check_with(registry, feedback, SETTINGS)
+    store.close()
+    assert decision.action == "wait" and "not applied" in decision.reason and "pointer moved" in decision.reason
+    pointer = registry.read_pointer()
+    assert pointer.active == "v0001" and pointer.canary is None  # the operator's rollback stands
+    assert [(a["action"], a["actor"]) for a in registry.audit()[-1:]] == [("rollback", "alice")]
+
+
 def test_with_every_user_on_the_canary_the_active_side_is_its_record_before_the_canary(tmp_path: Path) -> None:
     registry = registry_of(tmp_path, 1)
     base_before = thumbs(None, 40, 160, "b")  # the base model's record, rated before the canary started

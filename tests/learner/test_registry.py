@@ -44,7 +44,7 @@ def test_operator_actions_move_the_pointer_and_are_audited(registry: Registry, a
     registry.canary(good, 0.2, actor="alice", reason="try it")
     assert registry.read_pointer().canary == good and registry.read_pointer().canary_share == 0.2
     registry.promote(good, actor="alice", reason="canary looked fine")
-    assert registry.read_pointer().model_dump(exclude={"updated_at"}) == Pointer(active=good).model_dump(exclude={"updated_at"})
+    assert registry.read_pointer().model_dump(exclude={"updated_at"}) == Pointer(active=good, revision=2).model_dump(exclude={"updated_at"})
 
     with pytest.raises(RegistryError, match="v0002 has failed gates"):
         registry.promote(bad, actor="bob", reason="want it")
