@@ -106,15 +106,26 @@ class PairwiseEvent(Event):
         return self.conversation_id.encode()
 
 
-AnyEvent = Annotated[Union[InteractionEvent, ThumbEvent, PairwiseEvent], Field(discriminator="event_type")]
-_ANY_EVENT: TypeAdapter[InteractionEvent | ThumbEvent | PairwiseEvent] = TypeAdapter(AnyEvent)
+class ForgetEvent(Event):
+    """A user's deletion (`rlhf-loop feedback forget --user ID`): consumers drop every event of that
+    user they hold and every one that arrives later; exports leave them out."""
+
+    event_type: Literal["forget"] = "forget"
+    user_id: str = Field(min_length=1)
+
+    def kafka_key(self) -> bytes:
+        return self.user_id.encode()
+
+
+AnyEvent = Annotated[Union[InteractionEvent, ThumbEvent, PairwiseEvent, ForgetEvent], Field(discriminator="event_type")]
+_ANY_EVENT: TypeAdapter[InteractionEvent | ThumbEvent | PairwiseEvent | ForgetEvent] = TypeAdapter(AnyEvent)
 
 
 class UnknownSchemaVersion(ValueError):
     """A record written by a newer (or foreign) producer: rejected, never guessed at."""
 
 
-def parse_event(raw: bytes) -> InteractionEvent | ThumbEvent | PairwiseEvent:
+def parse_event(raw: bytes) -> InteractionEvent | ThumbEvent | PairwiseEvent | ForgetEvent:
     """Decode one Kafka record value. Raises UnknownSchemaVersion or ValueError (malformed)."""
     try:
         data = json.loads(raw)

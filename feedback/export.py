@@ -2,7 +2,8 @@
 
 Reads the topics from the beginning up to the time of the call (manual partition assignment: no
 consumer group, nothing committed), deduplicates by event id, and applies
-latest-wins to thumbs (one rating per user and response: the newest).
+latest-wins to thumbs (one rating per user and response: the newest). Users forgotten by a `forget`
+event on the topics are left out, whichever came first on the topic.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Iterable, Iterator, Literal
 import structlog
 from kafka import KafkaConsumer, TopicPartition
 
-from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion, parse_event
+from feedback.events import ForgetEvent, InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion, parse_event
 
 log = structlog.get_logger(__name__)
 
@@ -28,8 +29,20 @@ KINDS = ("interaction", "thumb", "pairwise")
 
 def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None = None,
                 until: datetime | None = None, kinds: Iterable[str] = KINDS) -> Iterator[AnyEvent]:
-    """Every distinct event on `topics` (as of now) within [since, until) of the wanted kinds."""
-    kinds = set(kinds)
+    """Every distinct event on `topics` (as of now) within [since, until) of the wanted kinds, less the
+    events of forgotten users (held back until the read ends: a `forget` may come later on the topic)."""
+    forgotten: set[str] = set()
+    kept = []
+    for event in _read(bootstrap_servers, topics, since=since, until=until, kinds={*kinds, "forget"}):
+        if isinstance(event, ForgetEvent):
+            forgotten.add(event.user_id)
+        else:
+            kept.append(event)
+    yield from (event for event in kept if event.user_id is None or event.user_id not in forgotten)
+
+
+def _read(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None, until: datetime | None,
+          kinds: set[str]) -> Iterator[AnyEvent | ForgetEvent]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, client_id="rlhf-export")
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
@@ -53,7 +66,7 @@ def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datet
                     event = _parse(record)
                     if event is None or event.event_id in seen or event.event_type not in kinds:
                         continue
-                    if (since and event.occurred_at < since) or (until and event.occurred_at >= until):
+                    if event.event_type != "forget" and ((since and event.occurred_at < since) or (until and event.occurred_at >= until)):
                         continue
                     seen.add(event.event_id)
                     yield event

@@ -6,6 +6,7 @@ process) when the schedule says so, and applies the promotion policy to the runn
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def main() -> int:
     fluency = base_fluency(settings)
     feedback_at_last_cycle, last_cycle_at = _feedback_count(store), time.monotonic()
     last_promotion_check = time.monotonic()
+    last_expiry = -math.inf
     cycle: subprocess.Popen | None = None
     try:
         while not stop.is_set():
@@ -72,6 +74,12 @@ def main() -> int:
             if cycle is not None and cycle.poll() is not None:
                 log.info("cycle.finished", returncode=cycle.returncode)
                 cycle = None
+            if settings.dataset_retention_days and time.monotonic() - last_expiry >= 3600:
+                last_expiry = time.monotonic()
+                expired = store.expire(datetime.now(timezone.utc) - timedelta(days=settings.dataset_retention_days))
+                log.info("dataset.expired", events=expired, retention_days=settings.dataset_retention_days)
+            # expired or forgotten events leave the count: new feedback is counted from what remains
+            feedback_at_last_cycle = min(feedback_at_last_cycle, _feedback_count(store))
             new_feedback = _feedback_count(store) - feedback_at_last_cycle
             if cycle is None and due(new_feedback, time.monotonic() - last_cycle_at, settings):
                 # a cycle runs in its own process: ingest (and the consumer group heartbeat) go on meanwhile

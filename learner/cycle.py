@@ -48,7 +48,8 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     store = EventStore(settings.dataset_path)
     try:
         data = dataset.build(store, max_per_user=settings.max_examples_per_user,
-                             max_wait_s=settings.max_feedback_wait_s)
+                             max_wait_s=settings.max_feedback_wait_s,
+                             window_s=settings.dataset_window_days * 86400 if settings.dataset_window_days else None)
         feedback_count = store.count("thumb") + store.count("pairwise")
         usage = sampling_profile(store.recent("interaction", settings.usage_window),
                                  default_max_tokens=settings.usage_default_max_tokens, ceiling=settings.gate_max_new_tokens)

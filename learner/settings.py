@@ -38,6 +38,12 @@ class LearnerSettings(RuntimeSettings):
         default=3600, gt=0, description="How long a rating waits for its interaction before it is dropped."
     )
     max_examples_per_user: int = Field(default=200, ge=1, description="Per-user cap on examples in one refresh.")
+    dataset_window_days: float | None = Field(
+        default=None, gt=0, description="A cycle trains on the feedback of this many recent days (joined to the "
+                                        "interactions it rates, however old); unset: all stored feedback.")
+    dataset_retention_days: float | None = Field(
+        default=None, gt=0, description="The learner deletes stored events older than this (checked hourly); unset: "
+                                        "kept until `rlhf-loop feedback forget` or the store is removed.")
     prompt_file: Path | None = Field(default=None, description="Extra PPO prompts: JSON Lines of {\"prompt\": ...}.")
     ppo: dict[str, Any] = Field(
         default_factory=dict, description="PPO hyperparameters of the learner's cycles, as JSON over the defaults of "

@@ -127,6 +127,30 @@ def cmd_feedback_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback_forget(args: argparse.Namespace) -> int:
+    """A user's deletion: one `forget` event on the feedback topic, acknowledged by every in-sync replica.
+    The learner deletes that user's stored events and keeps later ones out; exports leave them out."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    from feedback.events import ForgetEvent
+    from feedback.settings import RuntimeSettings
+
+    settings = _load(RuntimeSettings)
+    event = ForgetEvent(user_id=args.user)
+    try:
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", client_id="rlhf-forget")
+        try:
+            producer.send(settings.feedback_topic, key=event.kafka_key(), value=event.to_wire()).get(timeout=30)
+        finally:
+            producer.close(timeout=5)
+    except KafkaError as error:
+        return _fail(f"the forget event did not reach Kafka ({error!r}); nothing changed: run it again")
+    print(f"forget event {event.event_id} written: the learner drops this user's events; exports leave them out",
+          file=sys.stderr)
+    return 0
+
+
 def _timestamp(text: str):
     from datetime import datetime, timezone
 
@@ -230,6 +254,11 @@ def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
             sub.add_argument("--format", choices=["jsonl", "parquet"], help="default: from the file suffix")
         else:
             sub.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    forget = feedback.add_parser("forget", help="delete a user's feedback and interactions from the learner's "
+                                               "dataset and every later export")
+    forget.add_argument("--user", required=True, help="the user id (the `user` field or RLHF_USER_HEADER's value)")
+    forget.set_defaults(func=cmd_feedback_forget)
 
     from rlhf_loop.adapters import add_adapters_parser
 

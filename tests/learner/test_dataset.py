@@ -59,3 +59,35 @@ def test_a_thousand_opposite_thumbs_on_one_prompt_give_a_bounded_number_of_pairs
     assert len(data.pairs) == dataset.CROSSED_PER_SIDE ** 2 == 64  # not 500 x 500
     newest_ups = {f"answer {i}" for i in range(999, 983, -2)}
     assert {p.chosen for p in data.pairs} == newest_ups
+
+
+def test_a_cycle_reads_its_window_and_joins_older_interactions_by_index(tmp_path: Path) -> None:
+    answers = [answer(i, prompt=f"question {i}") for i in range(4)]  # all at START
+    old, recent = thumb(0, "up", minute=0), thumb(1, "down", minute=60 * 24 * 10)  # day 0 and day 10
+    store = stored(tmp_path, [*answers, old, recent])
+    now = START + timedelta(days=11)
+    everything = dataset.build(store, max_per_user=200, max_wait_s=3600, now=now)
+    assert sorted(p.response for p in everything.pointwise) == ["answer 0", "answer 1"]
+    windowed = dataset.build(store, max_per_user=200, max_wait_s=3600, now=now, window_s=3 * 86400)
+    assert [(p.response, p.label) for p in windowed.pointwise] == [("answer 1", 0.0)]  # its interaction is 10 days old
+    assert len(windowed.prompts) == 4 and windowed.newest_event_at == recent.occurred_at
+    assert (store.count(), store.count("interaction"), store.count("thumb")) == (6, 4, 2)
+
+
+def test_a_forgotten_user_leaves_the_store_stays_out_and_retention_expires_old_events(tmp_path: Path) -> None:
+    from feedback.events import ForgetEvent
+
+    mine = answer(0).model_copy(update={"user_id": "alice"})
+    store = stored(tmp_path, [mine, thumb(0, "up", minute=1, user="alice"), answer(1), thumb(1, "up", minute=2, user="bob")])
+    assert store.count("thumb") == 2
+    store.store([record(ForgetEvent(user_id="alice").to_wire(), 10)])
+    late = thumb(0, "down", minute=3, user="alice")  # arriving after the forget (a replay, a slow replica)
+    store.store([record(late.to_wire(), 11)])
+    data = dataset.build(store, max_per_user=200, max_wait_s=3600, now=START + timedelta(hours=1))
+    assert [p.user_id for p in data.pointwise] == ["bob"] and store.count("thumb") == 1 and store.count("interaction") == 1
+    store.close()
+    reopened = EventStore(tmp_path / "events.sqlite")  # the forget outlives a restart
+    reopened.store([record(late.model_copy(update={"event_id": "another"}).to_wire(), 12)])
+    assert reopened.count("thumb") == 1
+    assert reopened.expire(START + timedelta(minutes=2)) == 1  # answer 1 (START) goes; bob's thumb (minute 2) stays
+    assert (reopened.count("interaction"), reopened.count("thumb")) == (0, 1)
