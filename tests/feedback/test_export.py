@@ -108,3 +108,21 @@ def test_bad_arguments_are_one_line_errors(topics: dict[str, str]) -> None:
     assert done.returncode == 2 and "kinds are interaction, thumb, pairwise" in done.stderr
     done = cli(topics, "stats", "--since", "yesterday")
     assert done.returncode == 2 and "not an ISO time" in done.stderr
+
+
+def test_a_forgotten_user_is_absent_from_every_later_export(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    env = {"RLHF_KAFKA_BOOTSTRAP_SERVERS": ",".join(broker.bootstrap_servers),
+           "RLHF_INTERACTIONS_TOPIC": f"i-{suffix}", "RLHF_FEEDBACK_TOPIC": f"f-{suffix}"}
+    ensure_topics(RuntimeSettings(kafka_bootstrap_servers=env["RLHF_KAFKA_BOOTSTRAP_SERVERS"],
+                                  interactions_topic=env["RLHF_INTERACTIONS_TOPIC"], feedback_topic=env["RLHF_FEEDBACK_TOPIC"]))
+    producer = DurableProducer(broker.bootstrap_servers, tmp_path / "outbox").start()
+    for event in (thumb("r1", "carol", "up", None, 1), thumb("r2", "dave", "down", None, 2)):
+        producer.submit(env["RLHF_FEEDBACK_TOPIC"], event)
+    assert producer.wait_delivered(30)
+    producer.close()
+    done = cli(env, "forget", "--user", "carol")
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "after.jsonl"
+    assert cli(env, "export", "-o", str(out)).returncode == 0
+    assert [json.loads(line)["user_id"] for line in out.read_text().splitlines()] == ["dave"]
