@@ -28,12 +28,14 @@ KINDS = ("interaction", "thumb", "pairwise")
 
 
 def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None = None,
-                until: datetime | None = None, kinds: Iterable[str] = KINDS) -> Iterator[AnyEvent]:
+                until: datetime | None = None, kinds: Iterable[str] = KINDS,
+                client_config: dict | None = None) -> Iterator[AnyEvent]:
     """Every distinct event on `topics` (as of now) within [since, until) of the wanted kinds, less the
     events of forgotten users (held back until the read ends: a `forget` may come later on the topic)."""
     forgotten: set[str] = set()
     kept = []
-    for event in _read(bootstrap_servers, topics, since=since, until=until, kinds={*kinds, "forget"}):
+    for event in _read(bootstrap_servers, topics, since=since, until=until, kinds={*kinds, "forget"},
+                       client_config=client_config or {}):
         if isinstance(event, ForgetEvent):
             forgotten.add(event.user_id)
         else:
@@ -42,8 +44,9 @@ def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datet
 
 
 def _read(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None, until: datetime | None,
-          kinds: set[str]) -> Iterator[AnyEvent | ForgetEvent]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, client_id="rlhf-export")
+          kinds: set[str], client_config: dict) -> Iterator[AnyEvent | ForgetEvent]:
+    login = {k: v for k, v in client_config.items() if k != "bootstrap_servers"}
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, client_id="rlhf-export", **login)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         if not partitions:

@@ -54,6 +54,7 @@ class DurableProducer:
         bootstrap_servers: list[str],
         outbox_dir: Path,
         *,
+        client_config: dict | None = None,
         batch_size: int = 500,
         retry_backoff_s: float = 0.5,
         delivery_timeout_s: float = 10.0,
@@ -61,6 +62,8 @@ class DurableProducer:
         broker_check_s: float = 5.0,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        # login and TLS of every client (RuntimeSettings.kafka_client()); the brokers are `bootstrap_servers`
+        self._client = {k: v for k, v in (client_config or {}).items() if k != "bootstrap_servers"}
         self.outbox = Outbox(outbox_dir, retention_s=retention_s)
         self.broker_check_s = broker_check_s
         self._checked_at = 0.0
@@ -216,7 +219,7 @@ class DurableProducer:
         try:
             if self._probe is None:
                 self._probe = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
-                                               client_id=f"rlhf-outbox-probe-{self.name}")
+                                               client_id=f"rlhf-outbox-probe-{self.name}", **self._client)
             self._cluster_id = self._probe.describe_cluster()["cluster_id"]
         except (KafkaError, OSError) as error:
             log.info("outbox.broker_check_failed", outbox=self.name, error=repr(error))
@@ -247,6 +250,7 @@ class DurableProducer:
                 max_block_ms=int(self.delivery_timeout_s * 1000),
                 request_timeout_ms=int(self.delivery_timeout_s * 1000),
                 client_id=f"rlhf-outbox-{self.name}",
+                **self._client,
             )
         refused: list[tuple[OutboxRecord, KafkaError | str]] = []
         futures = []

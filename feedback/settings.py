@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -64,6 +65,15 @@ class RuntimeSettings(BaseSettings):
     broker_port: int = Field(
         default=9092, ge=1, le=65535, description="Port of the embedded broker (only when no bootstrap servers are set)."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = Field(
+        default="PLAINTEXT", description="How Kafka clients connect; SASL_*: authenticate with RLHF_KAFKA_SASL_USERNAME "
+                                         "and _PASSWORD (a Strimzi KafkaUser, see k8s/RUNBOOK.md).")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism (Strimzi's scram-sha-512 authentication).")
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user (the KafkaUser's name).")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (the KafkaUser's Secret, key `password`).")
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA certificate of the brokers for SSL/SASL_SSL "
+                                                                     "(Strimzi: the <cluster>-cluster-ca-cert Secret).")
     interactions_topic: str = Field(default="rlhf.interactions", min_length=1, description="Kafka topic of chat interactions.")
     feedback_topic: str = Field(default="rlhf.feedback", min_length=1, description="Kafka topic of ratings.")
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of each topic when rlhf-loop creates it.")
@@ -72,6 +82,21 @@ class RuntimeSettings(BaseSettings):
     @classmethod
     def _model_is_a_readable_hf_directory(cls, value: Path | None) -> Path | None:
         return readable_model_dir(value)
+
+    def kafka_client(self) -> dict[str, Any]:
+        """Keyword arguments of every kafka-python client: where the brokers are and how to log in.
+        (Checked here, not at start-up: a process that never talks to Kafka, like `model prepare`,
+        needs no login.)"""
+        if self.kafka_security_protocol.startswith("SASL") and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"RLHF_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs RLHF_KAFKA_SASL_USERNAME "
+                             "and RLHF_KAFKA_SASL_PASSWORD")
+        config: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            config.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                          sasl_plain_password=self.kafka_sasl_password.get_secret_value())
+        if self.kafka_ssl_cafile is not None:
+            config["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        return config
 
     @property
     def model_dir(self) -> Path:

@@ -12,7 +12,7 @@ from feedback.settings import RuntimeSettings
 def ensure_topics(settings: RuntimeSettings, *, replication_factor: int = 1) -> list[str]:
     """Create the interactions and feedback topics where they are missing; return their names."""
     wanted = [settings.interactions_topic, settings.feedback_topic]
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="rlhf-loop-admin")
+    admin = KafkaAdminClient(client_id="rlhf-loop-admin", **settings.kafka_client())
     try:
         existing = set(admin.list_topics())
         missing = [

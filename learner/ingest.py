@@ -200,7 +200,7 @@ def make_consumer(settings: LearnerSettings) -> KafkaConsumer:
     return KafkaConsumer(
         settings.interactions_topic,
         settings.feedback_topic,
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_client(),
         group_id=settings.consumer_group,
         enable_auto_commit=False,  # we commit after the store is durable
         auto_offset_reset="earliest",

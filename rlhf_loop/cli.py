@@ -88,7 +88,7 @@ def _events(args: argparse.Namespace):
 
     settings = _load(RuntimeSettings)
     return read_events(settings.bootstrap_servers, [settings.interactions_topic, settings.feedback_topic],
-                       since=args.since, until=args.until, kinds=args.kinds)
+                       since=args.since, until=args.until, kinds=args.kinds, client_config=settings.kafka_client())
 
 
 def cmd_feedback_export(args: argparse.Namespace) -> int:
@@ -139,7 +139,7 @@ def cmd_feedback_forget(args: argparse.Namespace) -> int:
     settings = _load(RuntimeSettings)
     event = ForgetEvent(user_id=args.user)
     try:
-        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", client_id="rlhf-forget")
+        producer = KafkaProducer(acks="all", client_id="rlhf-forget", **settings.kafka_client())
         try:
             producer.send(settings.feedback_topic, key=event.kafka_key(), value=event.to_wire()).get(timeout=30)
         finally:

