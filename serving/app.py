@@ -28,7 +28,7 @@ from serving.adapters import AdapterRouter
 from serving.admin import install_admin
 from serving.chat import ChatService
 from serving.engine import running_engine
-from serving.errors import error_response, install_error_handlers
+from serving.errors import Unauthenticated, error_response, install_error_handlers
 from serving.limits import BodyLimit
 from serving.metrics import ENGINE_READY, RequestMetrics
 from serving.protocol import ChatRequest, DuelResponse
@@ -98,9 +98,19 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.state.token_signer = TokenSigner(settings.token_key(), settings.feedback_token_ttl_s)
     app.state.registry = Registry.from_settings(settings)
     app.state.admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    app.state.authenticated_user = (
-        (lambda request: request.headers.get(settings.user_header)) if settings.user_header else (lambda request: None)
-    )
+    app.state.user_header = settings.user_header
+
+    def authenticated_user(request: Request) -> str | None:
+        """With RLHF_USER_HEADER set, the user the auth proxy vouches for; a request without it is refused
+        (it did not come through the proxy), never attributed to the `user` a client wrote itself."""
+        if not settings.user_header:
+            return None
+        user = request.headers.get(settings.user_header)
+        if not user:
+            raise Unauthenticated(f"this server takes its users from the {settings.user_header} header of its auth "
+                                  f"proxy, and this request has none")
+        return user
+    app.state.authenticated_user = authenticated_user
     app.include_router(feedback_router)
     install_admin(app)
     install_ui(app)
@@ -157,6 +167,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         Each reply carries `feedback`: per choice, a response id and a signed feedback token
         (streams: in the last chunk before `[DONE]`), and the `adapter_version` that answered.
         """
+        request.app.state.authenticated_user(request)  # 401 first: who may ask does not depend on the engine
         if not request.app.state.ready:
             return not_ready()
         return await request.app.state.chat.complete(body, request)
@@ -164,6 +175,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     @app.post("/v1/chat/duels", response_model=DuelResponse)
     async def chat_duel(body: ChatRequest, request: Request) -> Response:
         """Two answers to one prompt from two policies (active vs canary, else two samples)."""
+        request.app.state.authenticated_user(request)
         if not request.app.state.ready:
             return not_ready()
         return await request.app.state.chat.duel(body, request)

@@ -13,6 +13,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = structlog.get_logger(__name__)
 
 
+class Unauthenticated(Exception):
+    """A request without the user the auth proxy must vouch for (RLHF_USER_HEADER): 401."""
+
+
 def error_response(status: int, message: str, *, type_: str | None = None, param: str | None = None) -> JSONResponse:
     return JSONResponse(
         status_code=status,
@@ -43,6 +47,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem(s))"
         return error_response(400, message, type_="BadRequestError", param=param)
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
+        return error_response(401, str(exc), type_="AuthenticationError")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -69,7 +69,8 @@ class ServingSettings(RuntimeSettings):
         default=None,
         description=(
             "Header carrying the authenticated user id, set by your auth proxy (e.g. X-Forwarded-User). Set: "
-            "chat is attributed to it and a feedback token is only accepted from the user it was issued to."
+            "chat is attributed to it, a feedback token is only accepted from the user it was issued to, and chat "
+            "or feedback without the header is refused (401)."
         ),
     )
     feedback_per_user_per_minute: float = Field(default=60, gt=0, description="Sustained feedback rate allowed per user.")

@@ -145,8 +145,10 @@ def serving(prepared_model: Path, broker: EmbeddedBroker, tmp_path_factory: pyte
     home = tmp_path_factory.mktemp("serving-home")
     port = free_port()
     ensure_topics(RuntimeSettings(kafka_bootstrap_servers=",".join(broker.bootstrap_servers)))
-    env = service_env(home, prepared_model, broker, RLHF_PORT=str(port), RLHF_USER_HEADER="X-Forwarded-User",
-                      RLHF_ADMIN_TOKEN=ADMIN_TOKEN, RLHF_KV_CACHE_MEMORY="512MiB", RLHF_ADAPTER_STALE_S="3")
+    # no RLHF_USER_HEADER: users come from the `user` field (and the browser tests have no auth proxy);
+    # the header's rules are tested in-process in tests/serving/test_users.py
+    env = service_env(home, prepared_model, broker, RLHF_PORT=str(port), RLHF_ADMIN_TOKEN=ADMIN_TOKEN,
+                      RLHF_KV_CACHE_MEMORY="512MiB", RLHF_ADAPTER_STALE_S="3")
     server = ServingServer(env, port, home / "serving.log")
     try:
         server.wait_ready()

@@ -80,7 +80,6 @@ def _bad_requests(serving: ServingServer) -> list[tuple[str, str, dict | str, di
         ("forged", "/v1/feedback", {"feedback_token": "bm9wZQ.bm9wZQ", "rating": "up"}, {}, 401, "signature"),
         ("tampered", "/v1/feedback", {"feedback_token": payload[:-2] + "xx." + signature, "rating": "up"}, {}, 401, "feedback_token"),
         ("expired", "/v1/feedback", {"feedback_token": token(serving, "r-old", ttl_s=-5), "rating": "up"}, {}, 410, "expired"),
-        ("foreign", "/v1/feedback", {"feedback_token": good, "rating": "up"}, {"X-Forwarded-User": "bob"}, 403, "another user"),
         ("different prompts", "/v1/feedback/pairwise",
          {"feedback_token_a": token(serving, "r-1", prompt="one"), "feedback_token_b": token(serving, "r-2", prompt="two"),
           "choice": "a"}, {}, 400, "different prompts"),
