@@ -84,12 +84,14 @@ def main() -> None:
             thumbs.append(Pointwise(p, answer, float(rng.random() < score(p[0][1], answer)), user))
     data = FeedbackData(pointwise=thumbs, pairs=pairs, prompts=sorted(set(asked)))
     reward = RewardConfig()
-    rm_report = refresh(model, work / "reward_models", data, reward)
+    kept = load_current(model, work / "reward_models", reward)  # a --work-dir run again: its reward model
+    rm_heldout = refresh(model, work / "reward_models", data, reward).heldout if kept is None else "reused"
     scorer, _ = load_current(model, work / "reward_models", reward)
 
     # 2. PPO at the old horizon, pushed: the adapter is saved and gated at each of --steps
     config = PPOConfig(steps=max(args.steps), max_new_tokens=48)
-    trainer = PPOTrainer(model, work / "run", config, score=scorer.score, rollouts=engine)
+    run_dir = work / ("run-" + "-".join(map(str, sorted(args.steps))))  # a fresh PPO run per set of --steps
+    trainer = PPOTrainer(model, run_dir, config, score=scorer.score, rollouts=engine)
     settings = LearnerSettings(_env_file=None, home=work / "home")
     then = SamplingProfile((64,), 0.7, 0)  # the gates before issue 22: a fixed 64 tokens
     now = SamplingProfile((48, 256), 0.7, 0)  # demo users (p50 48) and the chat page (p95 256)
@@ -119,7 +121,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in results[f"steps_{steps}"].items() if not k.startswith("report")}))
     path = write_result("pushed", {
         "model": str(model), "preference": "rlhf_loop/simulation/concise_question.py",
-        "feedback": {"pairs": len(pairs), "thumbs": len(thumbs), "reward_model_heldout": rm_report.heldout},
+        "feedback": {"pairs": len(pairs), "thumbs": len(thumbs), "reward_model_heldout": rm_heldout},
         "ppo": dataclasses.asdict(config), "minutes": (time.perf_counter() - started) / 60, **results,
     })
     print(f"wrote {path}")
