@@ -79,6 +79,7 @@ bench: install $(BENCH_STAMP) $(PEER_VENV)/.installed
 	$(BIN)/python -m tests.bench.ppo
 	$(BIN)/python -m tests.bench.rollout
 	$(BIN)/python -m tests.bench.hotswap
+	$(BIN)/python -m tests.bench.dataset
 	$(BIN)/python -m tests.bench.report
 
 docs: install

@@ -82,12 +82,21 @@ def build(store: EventStore, *, max_per_user: int, max_wait_s: float, now: datet
     index lookups to the interactions it rates (however old), and the prompts of the newest
     interactions. Nothing else of the store is read, so a cycle's cost follows its window."""
     now = now or datetime.now(timezone.utc)
-    data = FeedbackData(newest_event_at=store.newest_at())
     feedback: list[ThumbEvent | PairwiseEvent] = store.events(
         ("thumb", "pairwise"), now - timedelta(seconds=window_s) if window_s else None)
     interactions: dict[str, InteractionEvent] = store.interactions(
         rid for event in feedback
         for rid in ((event.response_id,) if isinstance(event, ThumbEvent) else (event.response_id_a, event.response_id_b)))
+    prompts = {tuple((m["role"], m["content"]) for m in row["messages"])
+               for row in store.newest_payloads("interaction", PROMPT_POOL)}
+    return assemble(feedback, interactions, prompts, max_per_user=max_per_user, max_wait_s=max_wait_s, now=now,
+                    newest_event_at=store.newest_at())
+
+
+def assemble(feedback: list[ThumbEvent | PairwiseEvent], interactions: dict[str, InteractionEvent], prompts: set,
+             *, max_per_user: int, max_wait_s: float, now: datetime, newest_event_at: datetime | None) -> FeedbackData:
+    """Training data from feedback (oldest first) and the interactions it may rate, by response id."""
+    data = FeedbackData(newest_event_at=newest_event_at)
     horizon = now - timedelta(seconds=max_wait_s)
 
     def joined(response_id: str, event) -> InteractionEvent | None:
@@ -122,8 +131,7 @@ def build(store: EventStore, *, max_per_user: int, max_wait_s: float, now: datet
                 pairs.append(Pair(prompt, up.response, down.response, up.user_id))
     data.pointwise = _cap(pointwise, max_per_user, data)
     data.pairs = _cap(pairs, max_per_user, data)
-    data.prompts = sorted({tuple((m["role"], m["content"]) for m in row["messages"])
-                           for row in store.newest_payloads("interaction", PROMPT_POOL)})
+    data.prompts = sorted(prompts)
     return data
 
 

@@ -2,7 +2,9 @@
 thumbs, 100k duels from 5,000 users over 30 days), then the timings that run on it: a cycle's
 dataset (all stored feedback, and a 7-day window), the promotion check on a canary started an hour
 ago (with the live content check's answers), the dashboard's 24-hour statistics, the counters the
-learner reads every poll, and forgetting one user. Writes bench/results/dataset.json.
+learner reads every poll, and forgetting one user. The peer, in the same run on the same store: the
+build as it was before the indexes (every stored event read and parsed, oldest first). Writes
+bench/results/dataset.json.
 
     python -m tests.bench.dataset [--events 1000000] [--work-dir DIR]
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from rich.progress import track
 
-from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, Timings
+from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, Timings, parse_event
 from learner import dataset, promotion
 from learner.ingest import EventStore
 from learner.registry import Registry
@@ -132,6 +134,19 @@ def main() -> None:
         registry, lambda since, until: store.events(("thumb", "pairwise"), since, until), settings,
         lambda since, until: store.events(("interaction",), since, until)))
     stats_s, _ = timed(lambda: promotion.dashboard_stats(store.events(("thumb", "pairwise"), NOW - timedelta(hours=24)), NOW))
+    def previous_build() -> dataset.FeedbackData:  # the peer: every stored event read and parsed, then joined
+        interactions, feedback = {}, []
+        for (payload,) in store.db.execute("SELECT payload FROM events ORDER BY occurred_at"):
+            event = parse_event(payload.encode())
+            if isinstance(event, InteractionEvent):
+                interactions[event.response_id] = event
+            else:
+                feedback.append(event)
+        prompts = {tuple((m["role"], m["content"]) for m in i.messages) for i in interactions.values()}
+        return dataset.assemble(feedback, interactions, prompts, max_per_user=settings.max_examples_per_user,
+                                max_wait_s=settings.max_feedback_wait_s, now=NOW, newest_event_at=None)
+    scan_s, previous = timed(previous_build)
+    assert (len(previous.pairs), len(previous.pointwise)) == (len(data.pairs), len(data.pointwise))  # the same data
     forget_s, forgotten = timed(lambda: store.forget("user-42"))
     path = write_result("dataset", {
         "events": counts[0], "feedback_events": counts[1], "days": DAYS,
@@ -139,6 +154,7 @@ def main() -> None:
         "counters_s": round(count_s, 4),
         "build_all_s": round(build_s, 2), "build_all": {"pairs": len(data.pairs), "thumbs": len(data.pointwise),
                                                         "prompts": len(data.prompts), "capped": data.capped},
+        "peer_previous_build_s": round(scan_s, 2), "ratio_previous_over_ours": round(scan_s / build_s, 2),
         "build_7_days_s": round(window_s, 2), "build_7_days": {"pairs": len(windowed.pairs), "thumbs": len(windowed.pointwise)},
         "promotion_check_s": round(check_s, 3), "promotion_decision": decision.action if decision else None,
         "dashboard_stats_24h_s": round(stats_s, 3),
