@@ -45,6 +45,9 @@ from learner.settings import LearnerSettings
 
 log = structlog.get_logger(__name__)
 
+# with no active-side thumbs since the canary started, its record of this long before stands in (bounded:
+# the whole history would be read every check)
+BASELINE_WINDOW = timedelta(days=7)
 ACTOR = "canary-policy"
 LEARNER = "learner"  # the actor of canaries a training cycle starts
 
@@ -240,7 +243,7 @@ def check(registry: Registry, feedback: Callable[[datetime | None, datetime | No
     canary, active = live_stats(feedback(started, None), pointer.canary, pointer.active)
     before_canary = active.thumbs == 0 and started is not None
     if before_canary:  # no user on the active side rated since the canary started
-        active = latest_thumb_stats(feedback(None, started), pointer.active)
+        active = latest_thumb_stats(feedback(started - BASELINE_WINDOW, started), pointer.active)
     decision = decide(canary, active, settings)
     if before_canary:
         decision.reason += " (active side: its thumbs before the canary started; none since)"

@@ -1,7 +1,7 @@
 """The dataset at scale: 1,000,000 synthetic events in the learner's store (600k interactions, 300k
 thumbs, 100k duels from 5,000 users over 30 days), then the timings that run on it: a cycle's
-dataset (all stored feedback, and a 7-day window), the promotion check on a canary started an hour
-ago (with the live content check's answers), the dashboard's 24-hour statistics, the counters the
+dataset (all stored feedback, and a 7-day window), the promotion check on a canary that has run for
+an hour of the traffic (with the live content check's answers), the dashboard's 24-hour statistics, the counters the
 learner reads every poll, and forgetting one user. The peer, in the same run on the same store: the
 build as it was before the indexes (every stored event read and parsed, oldest first). Writes
 bench/results/dataset.json.
@@ -32,7 +32,8 @@ from learner.registry import Registry
 from learner.settings import LearnerSettings
 from tests.bench.common import write_result
 
-NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+# the synthetic timeline ends an hour from now: the canary starts now, so the check sees an hour of traffic
+NOW = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
 DAYS = 30
 
 

@@ -38,20 +38,7 @@ from learner.usage import SamplingProfile  # noqa: E402
 from rlhf_loop.model import prepare  # noqa: E402
 from rlhf_loop.simulation import HERE, load_preference  # noqa: E402
 from tests.bench.common import write_result  # noqa: E402
-
-# what the gates were before issue 22: these gates, and of degeneration only its three older checks
-BEFORE = ("weights", "kl", "win_rate", "safety", "likelihood")
-
-
-def verdict_before(report: dict, settings: LearnerSettings) -> dict:
-    gates = {g["name"]: g for g in report["gates"]}
-    figures = gates["degeneration"]["figures"]
-    old_degeneration = (figures["empty_rate"] <= settings.gate_max_empty_rate
-                        and figures["repetition"] <= settings.gate_max_repetition
-                        and figures["mean_length"] / figures["incumbent_mean_length"] <= settings.gate_max_length_ratio)
-    failed = [name for name in BEFORE if not gates[name]["passed"]] + ([] if old_degeneration else ["degeneration"])
-    return {"passed": not failed, "failed": failed}
-
+from tests.helpers import verdict_before_issue_22  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -113,7 +100,7 @@ def main() -> None:
             "ppo_reward": [history[0]["objective/scores"], history[-1]["objective/scores"]],
             "ppo_kl": history[-1]["objective/kl"],
             "preference_48": preference(adapter, 48), "preference_256": preference(adapter, 256),
-            "gates_before_issue_22": verdict_before(before, settings),
+            "gates_before_issue_22": verdict_before_issue_22(before, settings),
             "gates_now": {"passed": after["passed"], "failed": after["failed"],
                           "reasons": {g["name"]: g["reason"] for g in after["gates"] if not g["passed"]}},
             "report_at_64": before, "report_now": after,
