@@ -34,6 +34,8 @@ def call(case, headers: dict[str, str]) -> None:
             case.body["n"] = max(1, min(case.body["n"], 2))
         case.body.pop("min_tokens", None)
     response = case.call(headers=headers, timeout=60)
+    if case.operation.path == "/readyz" and response.status_code == 503:
+        return  # "not ready" is that route's answer, not a failure (e.g. a version that will not load)
     assert response.status_code < 500, (case.as_curl_command(headers), response.status_code, response.text[:500])
 
 
