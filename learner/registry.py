@@ -243,7 +243,7 @@ class Registry:
         condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
         try:
             self.fs.pipe_file(path, pointer.model_dump_json().encode(), **condition)
-        except (OSError, FileExistsError) as error:
+        except OSError as error:  # a 412 comes as OSError (FileExistsError for If-None-Match)
             self.fs.invalidate_cache(path)
             now = self.fs.info(path, refresh=True)["ETag"] if self.fs.exists(path) else None
             if now != tag:  # a 412: someone else wrote first
