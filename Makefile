@@ -10,7 +10,7 @@ PORT ?= 8000
 ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: install up demo test bench docs clean
+.PHONY: install up demo test test-fast bench docs clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ $(BROWSER_STAMP): | $(STAMP)
 
 test: install $(BROWSER_STAMP)
 	$(BIN)/python -m pytest
+
+# The inner loop: every test that starts no vLLM engine and trains no model (the HTTP layer runs on a
+# stand-in engine); `make test` is the whole suite and what CI runs.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # Each benchmark runs its peer in the same run on this machine and writes bench/results/<name>.json.
 BENCH_STAMP := $(VENV)/.installed-bench

@@ -22,6 +22,7 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from learner.registry import Pointer, Registry, RegistryError
+from serving.engine import AdapterLoadError, Engine
 
 log = structlog.get_logger(__name__)
 
@@ -84,11 +85,10 @@ def user_bucket(user_id: str) -> float:
 
 
 class AdapterRouter:
-    def __init__(self, registry: Registry, serving_models, engine_client, base_model_name: str,
+    def __init__(self, registry: Registry, engine: Engine | None, base_model_name: str,
                  *, allow_pinning: bool, poll_s: float) -> None:
         self.registry = registry
-        self.models = serving_models  # vLLM's OpenAIServingModels
-        self.engine = engine_client
+        self.engine = engine
         self.base_model_name = base_model_name
         self.allow_pinning = allow_pinning
         self.poll_s = poll_s
@@ -214,29 +214,15 @@ class AdapterRouter:
     async def _ensure_loaded(self, version: str) -> LoadedAdapter | None:
         if version in self.loaded:
             return self.loaded[version]
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
-
+        started = time.perf_counter()
         try:
             path = await asyncio.to_thread(self.registry.version_path, version)
-        except (RegistryError, OSError, ValueError) as error:
+            engine_id = await self.engine.load_adapter(self.lora_name(version), str(path))
+        except (RegistryError, OSError, ValueError, AdapterLoadError) as error:
             LOAD_FAILURES.labels(version).inc()
             log.error("adapters.load_failed", version=version, error=str(error))
             return None
-        started = time.perf_counter()
-        try:
-            result = await self.models.load_lora_adapter(
-                LoadLoRAAdapterRequest(lora_name=self.lora_name(version), lora_path=str(path))
-            )
-        except Exception as error:  # noqa: BLE001 - vLLM raising instead of answering an ErrorResponse
-            result = error
-        if isinstance(result, (Exception, ErrorResponse)):
-            LOAD_FAILURES.labels(version).inc()
-            log.error("adapters.load_failed", version=version,
-                      error=result.error.message if isinstance(result, ErrorResponse) else repr(result))
-            return None
-        request = self.models.lora_requests[self.lora_name(version)]
-        adapter = LoadedAdapter(version, request.lora_name, request.lora_int_id)
+        adapter = LoadedAdapter(version, self.lora_name(version), engine_id)
         adapter.drained.set()
         self.loaded[version] = adapter
         log.info("adapters.loaded", version=version, seconds=round(time.perf_counter() - started, 3))
@@ -244,14 +230,11 @@ class AdapterRouter:
 
     async def _retire(self, adapter: LoadedAdapter) -> None:
         """Unload an adapter no role points at, once its in-flight requests have finished."""
-        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
-
         await adapter.drained.wait()
         if self._kept(adapter) or self.loaded.get(adapter.version) is not adapter:
             return  # wanted again meanwhile, or already retired
         del self.loaded[adapter.version]
-        await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=adapter.lora_name))
-        await self.engine.remove_lora(adapter.lora_int_id)  # vLLM's unload forgets the name only
+        await self.engine.unload_adapter(adapter.lora_name, adapter.lora_int_id)
         INFLIGHT.remove(adapter.version)
         log.info("adapters.unloaded", version=adapter.version)
 

@@ -27,7 +27,7 @@ from learner.registry import Registry
 from serving.adapters import AdapterRouter
 from serving.admin import install_admin
 from serving.chat import ChatService
-from serving.engine import running_engine
+from serving.engine import EngineStarter, start_vllm
 from serving.errors import Unauthenticated, error_response, install_error_handlers
 from serving.limits import BodyLimit
 from serving.metrics import ENGINE_READY, RequestMetrics
@@ -39,24 +39,24 @@ from serving.ui import install_ui
 log = structlog.get_logger(__name__)
 
 
-async def _engine_task(app: FastAPI, settings: ServingSettings, stop: asyncio.Event) -> None:
+async def _engine_task(app: FastAPI, settings: ServingSettings, start_engine: EngineStarter, stop: asyncio.Event) -> None:
     async with AsyncExitStack() as stack:
         try:
             async with asyncio.timeout(settings.engine_start_timeout_s):
-                await stack.enter_async_context(running_engine(settings, app.state))
-            router = AdapterRouter(
-                app.state.registry, app.state.openai_serving_models, app.state.engine_client,
-                settings.served_model_name, allow_pinning=settings.allow_adapter_pinning, poll_s=settings.adapter_poll_s,
-            )
-            await router.apply(router.registry.read_pointer())  # serve the active adapter from the first request
+                engine = await stack.enter_async_context(start_engine(settings, app.state))
+            router = AdapterRouter(app.state.registry, engine, settings.served_model_name,
+                                   allow_pinning=settings.allow_adapter_pinning, poll_s=settings.adapter_poll_s)
+            # serve the active adapter from the first request
+            await router.apply(await asyncio.to_thread(router.registry.read_pointer))
         except BaseException as error:  # the engine is this process's reason to live: exit, the supervisor restarts us
             log.error("engine.failed", error=repr(error), model=str(settings.model_dir))
             app.state.engine_failed = True
             os.kill(os.getpid(), signal.SIGTERM)
             return
         watcher = asyncio.create_task(router.watch())
+        app.state.engine = engine
         app.state.chat = ChatService(
-            app.state.openai_serving_chat, router, app.state.token_signer, app.state.producer,
+            engine, router, app.state.token_signer, app.state.producer,
             settings.interactions_topic, settings.redact,
         )
         app.state.router = router
@@ -71,7 +71,8 @@ async def _engine_task(app: FastAPI, settings: ServingSettings, stop: asyncio.Ev
             watcher.cancel()
 
 
-def create_app(settings: ServingSettings) -> FastAPI:
+def create_app(settings: ServingSettings, engine: EngineStarter = start_vllm) -> FastAPI:
+    """The serving app on `engine` (vLLM unless a test gives a stand-in), started in the lifespan."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.producer = DurableProducer(settings.bootstrap_servers, settings.interaction_outbox_dir,
@@ -83,7 +84,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
             scrub=redact if settings.redact else (lambda text: text),
         )
         stop = asyncio.Event()
-        task = asyncio.create_task(_engine_task(app, settings, stop))
+        task = asyncio.create_task(_engine_task(app, settings, engine, stop))
         try:
             yield
         finally:
@@ -154,8 +155,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         """The served model (plus loaded adapter versions where pinning is allowed), OpenAI format."""
         if not request.app.state.ready:
             return not_ready()
-        models = await request.app.state.openai_serving_models.show_available_models()
-        payload = models.model_dump()
+        payload = await request.app.state.engine.models()
         if not settings.allow_adapter_pinning:
             payload["data"] = [m for m in payload["data"] if m["id"] == settings.served_model_name]
         return JSONResponse(payload)

@@ -25,6 +25,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from feedback.events import InteractionEvent, Timings
 from feedback.producer import DurableProducer
 from serving.adapters import AdapterRouter, Lease, PinningDisabled, UnknownAdapter
+from serving.engine import Engine
 from serving.errors import error_response
 from serving.protocol import ChatRequest, DuelResponse, FeedbackHandle
 from feedback.redaction import redact
@@ -63,9 +64,9 @@ class Exchange:
 
 
 class ChatService:
-    def __init__(self, handler, router: AdapterRouter, signer: TokenSigner, producer: DurableProducer,
+    def __init__(self, engine: Engine, router: AdapterRouter, signer: TokenSigner, producer: DurableProducer,
                  topic: str, redact_text: bool) -> None:
-        self.handler = handler  # vLLM's OpenAIServingChat
+        self.engine = engine
         self.router = router
         self.signer = signer
         self.producer = producer
@@ -123,7 +124,7 @@ class ChatService:
         body = exchange.body.model_copy(
             update={"model": exchange.lease.model, "request_id": exchange.completion_id.removeprefix("chatcmpl-")}
         )
-        return await self.handler.create_chat_completion(body, request)
+        return await self.engine.chat(body, request)
 
     def _finish_whole(self, exchange: Exchange, result: ChatCompletionResponse) -> dict[str, Any]:
         for choice in result.choices:

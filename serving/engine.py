@@ -1,19 +1,46 @@
-"""The vLLM engine in-process, with vLLM's own OpenAI handlers built on our app's state.
+"""The engine serving runs on: the small interface the HTTP layer uses, and vLLM behind it.
 
 We rely on vLLM for the whole OpenAI chat surface (sampling, streaming, usage, errors) and
 add only what is ours on top. The engine runs the same flags `vllm serve` would get, so the
-peer benchmark compares like with like.
+peer benchmark compares like with like. `create_app` receives an `EngineStarter`; tests where
+generation is not under test give it a stand-in (tests/helpers.py), the rest run vLLM.
 """
 
 from __future__ import annotations
 
 from argparse import Namespace
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Protocol
 
+from fastapi import Request
 from starlette.datastructures import State
 
 from serving.settings import ServingSettings
+
+
+class AdapterLoadError(Exception):
+    """The engine could not load an adapter (a missing or corrupt file, an unsupported rank)."""
+
+
+class Engine(Protocol):
+    """What serving needs of an inference engine."""
+
+    async def chat(self, body: Any, request: Request) -> Any:
+        """An OpenAI chat completion for `body` (its `model` names the base model or a loaded adapter):
+        vLLM's ChatCompletionResponse, an async iterator of SSE lines when streamed, or its ErrorResponse."""
+
+    async def models(self) -> dict[str, Any]:
+        """The OpenAI model list (the base model and every loaded adapter)."""
+
+    async def load_adapter(self, name: str, path: str) -> int:
+        """Load a LoRA adapter under `name`; its engine id. Raises AdapterLoadError."""
+
+    async def unload_adapter(self, name: str, engine_id: int) -> None:
+        """Forget the adapter and free its slot."""
+
+
+# starts an engine for these settings (it may put what its own error handlers need on the app's state)
+EngineStarter = Callable[[ServingSettings, State], AbstractAsyncContextManager[Engine]]
 
 
 # On CPU a share of RAM (gpu_memory_utilization) is measured against the NUMA node's total less what
@@ -58,9 +85,50 @@ def engine_args(settings: ServingSettings) -> Namespace:
     return args
 
 
+class VLLMEngine:
+    """vLLM's OpenAI handlers as an `Engine`."""
+
+    def __init__(self, state: State) -> None:
+        self._chat = state.openai_serving_chat
+        self._models = state.openai_serving_models
+        self._client = state.engine_client
+
+    async def chat(self, body: Any, request: Request) -> Any:
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+        try:
+            return await self._chat.create_chat_completion(body, request)
+        except (ValueError, TypeError, OverflowError, NotImplementedError) as error:
+            # vLLM raises these for requests it cannot serve (its api_server maps them to 4xx); mapped here,
+            # at the call into vLLM, so the same error raised by our own code stays a logged 500
+            return create_error_response(error)
+
+    async def models(self) -> dict[str, Any]:
+        return (await self._models.show_available_models()).model_dump()
+
+    async def load_adapter(self, name: str, path: str) -> int:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        try:
+            result = await self._models.load_lora_adapter(LoadLoRAAdapterRequest(lora_name=name, lora_path=path))
+        except Exception as error:  # noqa: BLE001 - vLLM raising instead of answering an ErrorResponse
+            raise AdapterLoadError(repr(error)) from error
+        if isinstance(result, ErrorResponse):
+            raise AdapterLoadError(result.error.message)
+        return self._models.lora_requests[name].lora_int_id
+
+    async def unload_adapter(self, name: str, engine_id: int) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        await self._models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+        await self._client.remove_lora(engine_id)  # vLLM's unload forgets the name only
+
+
 @asynccontextmanager
-async def running_engine(settings: ServingSettings, state: State) -> AsyncIterator[None]:
-    """Start the engine and put vLLM's handlers (`openai_serving_chat`, ...) on `state`.
+async def start_vllm(settings: ServingSettings, state: State) -> AsyncIterator[Engine]:
+    """Start vLLM in-process; its handlers (`openai_serving_chat`, ...) go on `state`, where vLLM's own
+    error handlers look for them.
 
     As vLLM's `build_async_engine_client_from_engine_args`, except that the engine is built in a
     worker thread: starting the engine core takes tens of seconds, and on the event loop it would
@@ -91,6 +159,6 @@ async def running_engine(settings: ServingSettings, state: State) -> AsyncIterat
         await engine_client.reset_mm_cache()
         supported_tasks = await engine_client.get_supported_tasks()
         await init_app_state(engine_client, state, args, supported_tasks)
-        yield
+        yield VLLMEngine(state)
     finally:
         engine_client.shutdown(timeout=shutdown_timeout)

@@ -23,12 +23,18 @@ def error_response(status: int, message: str, *, type_: str | None = None, param
         content={
             "error": {
                 "message": message,
-                "type": type_ or HTTPStatus(status).phrase.replace(" ", "") + "Error",
+                "type": type_ or _error_type(status),
                 "param": param,
                 "code": status,
             }
         },
     )
+
+
+def _error_type(status: int) -> str:
+    """OpenAI's error type names: the status phrase in CamelCase, ending in Error (NotFoundError, InternalServerError)."""
+    name = HTTPStatus(status).phrase.replace(" ", "")
+    return name if name.endswith("Error") else name + "Error"
 
 
 def _describe(error: dict) -> tuple[str, str | None]:
@@ -56,15 +62,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
 
-    # vLLM's own mapping of its errors (VLLMValidationError -> 400, engine death -> 500 + exit);
-    # registered per type so Starlette's ExceptionMiddleware, not ServerErrorMiddleware, answers.
-    from vllm.entrypoints.serve.exception_handling.handlers.exception import exception_handler
+    # vLLM's own mapping of its exceptions (VLLMValidationError -> 400, engine death -> 500 + exit); the
+    # plain ValueErrors vLLM raises are mapped where we call it (serving/engine.py), so ours are 500s below
     from vllm.entrypoints.serve.exception_handling.handlers.vllm_error import vllm_error_handler
     from vllm.exceptions import VLLMError
 
     app.exception_handler(VLLMError)(vllm_error_handler)
-    for raw in (ValueError, TypeError, OverflowError, NotImplementedError):
-        app.exception_handler(raw)(exception_handler)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -64,13 +64,13 @@ ADMIN_TOKEN = "test-operator-token"
 class ServingServer:
     """`python -m serving` in a subprocess, like vLLM's RemoteOpenAIServer."""
 
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], port: int, log_path: Path, module: str = "serving") -> None:
         self.home = Path(env["RLHF_HOME"])
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving"], env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+            [sys.executable, "-m", module], env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -128,14 +128,12 @@ def read_topic(broker: EmbeddedBroker, topic: str, until: Callable[[list[dict]],
         consumer.close()
 
 
-def service_env(home: Path, model: Path, broker: EmbeddedBroker, **extra: str) -> dict[str, str]:
+def service_env(home: Path, model: Path | None, broker: EmbeddedBroker, **extra: str) -> dict[str, str]:
+    """The environment of a service process; `model` None for the stand-in engine, which needs none."""
     env = dict(os.environ)
-    env.update(
-        RLHF_HOME=str(home),
-        RLHF_MODEL=str(model),
-        RLHF_KAFKA_BOOTSTRAP_SERVERS=",".join(broker.bootstrap_servers),
-        **extra,
-    )
+    env.update(RLHF_HOME=str(home), RLHF_KAFKA_BOOTSTRAP_SERVERS=",".join(broker.bootstrap_servers), **extra)
+    if model is not None:
+        env["RLHF_MODEL"] = str(model)
     return env
 
 
@@ -152,6 +150,22 @@ def serving(prepared_model: Path, broker: EmbeddedBroker, tmp_path_factory: pyte
     server = ServingServer(env, port, home / "serving.log")
     try:
         server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def http_serving(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingServer]:
+    """The serving process on the stand-in engine (tests/stand_in_serving.py): the whole HTTP layer,
+    feedback and outbox included, in a second, for tests where generation is not under test."""
+    home = tmp_path_factory.mktemp("http-serving-home")
+    port = free_port()
+    ensure_topics(RuntimeSettings(kafka_bootstrap_servers=",".join(broker.bootstrap_servers)))
+    env = service_env(home, None, broker, RLHF_PORT=str(port), RLHF_ADMIN_TOKEN=ADMIN_TOKEN)
+    server = ServingServer(env, port, home / "serving.log", module="tests.stand_in_serving")
+    try:
+        server.wait_ready(60)
         yield server
     finally:
         server.stop()

@@ -1,4 +1,5 @@
-"""The feedback API on the real server and broker: accepted events arrive, bad input writes nothing."""
+"""The feedback API on the real serving process (on the stand-in engine: no generation is needed) and
+the real broker: accepted events arrive, bad input writes nothing."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from serving.settings import ServingSettings
 from serving.tokens import TokenSigner, prompt_hash
 from tests.conftest import ServingServer, read_topic
 
-pytestmark = pytest.mark.slow
-
 FEEDBACK = "rlhf.feedback"
+
+
+@pytest.fixture
+def serving(http_serving: ServingServer) -> ServingServer:
+    return http_serving
 
 
 def signer(serving: ServingServer, ttl_s: int = 3600) -> TokenSigner:

@@ -46,10 +46,9 @@ def test_a_record_kafka_refuses_for_good_is_dead_lettered_and_delivery_goes_on(b
     assert Outbox(tmp_path / "outbox").pending == 0  # a restart finds nothing stuck
 
 
-@pytest.mark.slow
 def test_oversized_requests_are_refused_with_a_4xx_and_the_next_chat_still_reaches_kafka(
-        serving: ServingServer, broker: EmbeddedBroker) -> None:
-    url = f"{serving.base_url}/v1/chat/completions"
+        http_serving: ServingServer, broker: EmbeddedBroker) -> None:
+    url = f"{http_serving.base_url}/v1/chat/completions"
     chat = {"model": "rlhf-loop", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
     with httpx.Client(timeout=120) as client:
         cases = [({**chat, "user": "u" * 2_000_000}, 413), ({**chat, "user": "u" * 300}, 400),

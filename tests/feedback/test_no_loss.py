@@ -1,5 +1,6 @@
 """No accepted feedback is lost: 1,000 events through a broker outage, a fresh (empty) broker
-and a SIGKILL of the server; every event that got a 202 ends up in Kafka."""
+and a SIGKILL of the server; every event that got a 202 ends up in Kafka. The server is the real
+serving process on the stand-in engine (feedback needs no generation)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ from serving.settings import ServingSettings
 from serving.tokens import TokenSigner, prompt_hash
 from tests.conftest import ServingServer, free_port, read_topic, service_env
 
-pytestmark = pytest.mark.slow
-
 TOTAL, CONCURRENCY = 1000, 32
+STAND_IN = "tests.stand_in_serving"
 
 
 def fresh_broker(port: int) -> EmbeddedBroker:
@@ -50,16 +50,16 @@ async def send(base_url: str, signer: TokenSigner, numbers: range, accepted: dic
         await asyncio.gather(*(one(i) for i in numbers))
 
 
-def test_every_accepted_event_survives_outage_fresh_broker_and_sigkill(prepared_model: Path, tmp_path: Path) -> None:
+def test_every_accepted_event_survives_outage_fresh_broker_and_sigkill(tmp_path: Path) -> None:
     port, broker_port = free_port(), free_port()
     broker = fresh_broker(broker_port)
-    env = service_env(tmp_path, prepared_model, broker, RLHF_PORT=str(port),
+    env = service_env(tmp_path, None, broker, RLHF_PORT=str(port),
                       RLHF_FEEDBACK_PER_CLIENT_PER_MINUTE="1000000", RLHF_FEEDBACK_BURST="100000")
     signer = TokenSigner(ServingSettings(home=tmp_path).token_key(), 3600)
-    server = ServingServer(env, port, tmp_path / "serving-1.log")
+    server = ServingServer(env, port, tmp_path / "serving-1.log", module=STAND_IN)
     accepted: dict[int, str] = {}
     try:
-        server.wait_ready()  # the engine start blocks the server's loop for a while: measure after it
+        server.wait_ready()
         # 1. broker up
         asyncio.run(send(server.base_url, signer, range(0, 250), accepted))
         # 2. broker down: accepted into the outbox only
@@ -78,7 +78,7 @@ def test_every_accepted_event_survives_outage_fresh_broker_and_sigkill(prepared_
         server.process.wait(30)
         assert killed and server.process.returncode == -signal.SIGKILL
         # 4. the server comes back on the same outbox and takes the rest
-        server = ServingServer(env, port, tmp_path / "serving-2.log")
+        server = ServingServer(env, port, tmp_path / "serving-2.log", module=STAND_IN)
         server.wait_ready()
         asyncio.run(send(server.base_url, signer, range(750, TOTAL), accepted))
 

@@ -8,7 +8,7 @@ from serving.adapters import AdapterRouter, LoadedAdapter, PinningDisabled, Unkn
 
 
 def router_with(active: str, canary: str | None, share: float, *, allow_pinning: bool = False) -> AdapterRouter:
-    router = AdapterRouter(registry=None, serving_models=None, engine_client=None, base_model_name="m",
+    router = AdapterRouter(registry=None, engine=None, base_model_name="m",
                            allow_pinning=allow_pinning, poll_s=1.0)
     router.loaded = {v: LoadedAdapter(v, f"m@{v}", i + 1) for i, v in enumerate(filter(None, (active, canary)))}
     router.active = router.loaded[active]

@@ -1,5 +1,5 @@
 """Serving follows the registry or says it cannot: the pointer watcher survives any error, retries a
-version that failed to load, and reports how long it has not been following. vLLM's model list is
+version that failed to load, and reports how long it has not been following. The engine is
 stood in for here (loads succeed or fail on command); the real engine's hot swap is tested in
 test_hot_swap.py."""
 
@@ -8,30 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from learner.registry import Pointer, Registry
 from serving.adapters import AdapterRouter
-
-
-class Models:
-    """vLLM's OpenAIServingModels as the router uses it; `broken` versions fail to load."""
-
-    def __init__(self) -> None:
-        self.lora_requests: dict[str, SimpleNamespace] = {}
-        self.broken: set[str] = set()
-        self.attempts: list[str] = []
-
-    async def load_lora_adapter(self, request):
-        version = request.lora_name.rsplit("@", 1)[1]
-        self.attempts.append(version)
-        if version in self.broken:
-            raise RuntimeError(f"cannot load {version}")
-        self.lora_requests[request.lora_name] = SimpleNamespace(lora_name=request.lora_name,
-                                                                lora_int_id=len(self.lora_requests) + 1)
-
-    async def unload_lora_adapter(self, request) -> None:
-        self.lora_requests.pop(request.lora_name, None)
+from tests.helpers import StandInEngine
 
 
 class FlakyRegistry(Registry):
@@ -56,9 +36,8 @@ def test_the_watcher_survives_errors_retries_failed_loads_and_reports_its_lag(tm
     async def scenario() -> None:
         registry = FlakyRegistry(tmp_path / "registry")
         first, second = publish(registry, tmp_path, "a"), publish(registry, tmp_path, "b")
-        models = Models()
-        engine = SimpleNamespace(remove_lora=lambda lora_id: asyncio.sleep(0))
-        router = AdapterRouter(registry, models, engine, "m", allow_pinning=False, poll_s=0.02)
+        engine = StandInEngine()
+        router = AdapterRouter(registry, engine, "m", allow_pinning=False, poll_s=0.02)
         registry.promote(first, actor="test", reason="start")
         watcher = asyncio.create_task(router.watch())
 
@@ -75,11 +54,11 @@ def test_the_watcher_survives_errors_retries_failed_loads_and_reports_its_lag(tm
         await asyncio.sleep(1.5)
         assert not watcher.done() and router.lag_s() > 1.0
         registry.down = False
-        models.broken.add(second)  # the next move names a version that cannot load (yet)
+        engine.broken.add(second)  # the next move names a version that cannot load (yet)
         registry.promote(second, actor="test", reason="next")
-        await until(lambda: models.attempts.count(second) >= 2)  # tried again, not given up on
+        await until(lambda: engine.attempts.count(second) >= 2)  # tried again, not given up on
         assert router.version_of(router.active) == first and router.behind_since is not None and router.lag_s() > 0
-        models.broken.clear()
+        engine.broken.clear()
         await until(lambda: router.version_of(router.active) == second)
         assert router.lag_s() == 0.0 and not watcher.done()
 

@@ -1,0 +1,60 @@
+"""The HTTP layer on the stand-in engine (tests/helpers.py), in-process: chat answers carry their
+feedback handles, streams end with them, and a bug of ours is a logged 500, never a 4xx. The same
+routes on the real engine are tested in test_chat.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from feedback.broker import EmbeddedBroker
+from serving.app import create_app
+from serving.settings import ServingSettings
+from tests.helpers import StandInEngine, stand_in_engine
+
+CHAT = {"model": "rlhf-loop", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "user": "alice"}
+
+
+@pytest.fixture
+def client(tmp_path: Path, broker: EmbeddedBroker):
+    settings = ServingSettings(_env_file=None, home=tmp_path, kafka_bootstrap_servers=",".join(broker.bootstrap_servers))
+    engine = StandInEngine()
+    with TestClient(create_app(settings, stand_in_engine(engine)), raise_server_exceptions=False) as client:
+        client.engine = engine
+        yield client
+
+
+def test_chat_on_the_stand_in_carries_a_feedback_handle_that_the_feedback_api_takes(client) -> None:
+    reply = client.post("/v1/chat/completions", json=CHAT)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["choices"][0]["message"]["content"].split()[0] == "About"
+    handle = body["feedback"][0]
+    assert handle["response_id"] == f"{body['id']}:0" and handle["adapter_version"] is None
+    assert client.engine.requests[0].model == "rlhf-loop"
+    thumb = client.post("/v1/feedback", json={"feedback_token": handle["feedback_token"], "rating": "up"})
+    assert thumb.status_code == 202, thumb.text
+
+
+def test_a_stream_ends_with_the_feedback_handles_before_done(client) -> None:
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as reply:
+        lines = [line for line in reply.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    last = json.loads(lines[-2][6:])
+    assert last["feedback"][0]["response_id"].endswith(":0") and last["choices"] == []
+    assert not any('"usage"' in line for line in lines[:-2])  # the usage chunk we asked for is not passed on
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug of ours"), TypeError("another"), KeyError("x")])
+def test_a_bug_of_ours_is_a_logged_500_not_a_4xx(client, monkeypatch, error: Exception) -> None:
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("serving.chat.prompt_hash", broken)
+    reply = client.post("/v1/chat/completions", json=CHAT)
+    assert reply.status_code == 500, reply.text
+    assert reply.json()["error"] == {"message": "internal error; the server logged the details",
+                                     "type": "InternalServerError", "param": None, "code": 500}
