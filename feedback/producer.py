@@ -1,7 +1,9 @@
 """The durable producer: every accepted event reaches Kafka, whatever the broker does meanwhile.
 
 `submit()` never blocks: a writer thread group-commits queued events to the outbox (one fsync
-per batch) and resolves each event's future once it is on disk; a sender thread delivers the
+per batch) and resolves each event's future once it is on disk; `persist()` is the same for a
+coroutine that must wait for the disk (feedback's 202): the events of one event-loop turn go to the
+writer as one batch, so a thousand waiting requests cost one thread hand-off, not a thousand; a sender thread delivers the
 outbox to Kafka in order (acks=all, idempotent) and advances the outbox cursor only after the
 broker acknowledged. A down broker only grows the backlog, visible in metrics.
 
@@ -12,6 +14,7 @@ neither ever dies silently; `health()` is their state for `/readyz`.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -74,7 +77,8 @@ class DurableProducer:
         self.batch_size = batch_size
         self.retry_backoff_s = retry_backoff_s
         self.delivery_timeout_s = delivery_timeout_s
-        self._queue: queue.Queue[tuple[OutboxRecord, Future[None]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[list[OutboxRecord], Future[None]] | None] = queue.Queue()
+        self._gathering: list[tuple[OutboxRecord, asyncio.Future[None]]] = []  # persist()'s events of this loop turn
         self._wake_sender = threading.Event()
         self._stop = threading.Event()
         self._kafka: KafkaProducer | None = None
@@ -93,8 +97,35 @@ class DurableProducer:
     def submit(self, topic: str, event: Event) -> Future[None]:
         """Queue an event; the future resolves once it is durable on disk (never blocks)."""
         done: Future[None] = Future()
-        self._queue.put((OutboxRecord(topic, event.kafka_key(), event.to_wire(), time.time()), done))
+        self._queue.put(([OutboxRecord(topic, event.kafka_key(), event.to_wire(), time.time())], done))
         return done
+
+    async def persist(self, topic: str, event: Event) -> None:
+        """Return once the event is durable on disk; raises the outbox's OSError if it could not be written.
+        Group commit on the event loop: every persist() of one loop turn shares one batch and one fsync."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if not self._gathering:
+            loop.call_soon(self._hand_over)
+        self._gathering.append((OutboxRecord(topic, event.kafka_key(), event.to_wire(), time.time()), done))
+        await done
+
+    def _hand_over(self) -> None:
+        """One queue entry for the events gathered this turn; their futures settle together, on the loop."""
+        gathered, self._gathering = self._gathering, []
+        batch: Future[None] = Future()
+        self._queue.put(([record for record, _ in gathered], batch))
+
+        def settle(written: asyncio.Future[None]) -> None:
+            error = written.exception()
+            for _, done in gathered:
+                if done.done():
+                    continue  # its request was cancelled (client gone); the event is on disk regardless
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+        asyncio.wrap_future(batch).add_done_callback(settle)
 
     def health(self) -> dict:
         """Whether both threads run and the outbox takes writes, with the last errors (for /readyz)."""
@@ -146,18 +177,19 @@ class DurableProducer:
     def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
-            batch = [item]
-            while item is not None and len(batch) < self.batch_size:
+            batch, size = [item], len(item[0]) if item else 0
+            while item is not None and size < self.batch_size:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 batch.append(item)
+                size += len(item[0]) if item else 0
             entries = [entry for entry in batch if entry is not None]
             stopping = len(entries) < len(batch)  # the stop marker came with this batch
             if entries:
                 try:
-                    self.outbox.append([record for record, _ in entries])
+                    self.outbox.append([record for records, _ in entries for record in records])
                 except Exception as error:  # disk full or gone: the caller must not be told "accepted"
                     for _, done in entries:
                         done.set_exception(error)

@@ -6,7 +6,6 @@ so it imports nothing of ours beyond `feedback`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections import OrderedDict
@@ -159,7 +158,7 @@ class FeedbackService:
             REPLAYED.inc()
             return FeedbackAccepted(id=event_id, stored=True)
         try:
-            await asyncio.wrap_future(self.producer.submit(self.topic, event))  # 202 only once on disk
+            await self.producer.persist(self.topic, event)  # 202 only once on disk
         except OSError as error:  # the outbox's disk is full or failing: nothing of this event was kept
             raise FeedbackRefused(503, f"feedback storage is unavailable ({error.strerror or error}); nothing was "
                                        f"stored, retry later", "storage_unavailable",

@@ -67,6 +67,40 @@ def test_oversized_requests_are_refused_with_a_4xx_and_the_next_chat_still_reach
 
 
 # -- the outbox survives its disk ------------------------------------------------------------------
+def test_persist_group_commits_one_loop_turn_and_a_failed_write_fails_every_waiter(broker: EmbeddedBroker,
+                                                                                  tmp_path: Path, monkeypatch) -> None:
+    """persist(): 300 events awaited together are written in a handful of fsyncs, each is in the outbox
+    when its await returns; a write that fails raises in every waiting request, none is kept."""
+    import asyncio
+    import errno
+    import os
+
+    producer = DurableProducer(broker.bootstrap_servers, tmp_path / "outbox").start()
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    try:
+        async def together(events: list) -> list:
+            return await asyncio.gather(*(producer.persist("t", e) for e in events), return_exceptions=True)
+
+        events = [thumb() for _ in range(300)]
+        assert asyncio.run(together(events)) == [None] * 300
+        def on_disk() -> list[OutboxRecord]:
+            return [OutboxRecord.from_line(line) for seg in sorted((tmp_path / "outbox").glob("*.log"))
+                    for line in seg.read_bytes().splitlines()]
+        assert {json.loads(r.value)["event_id"] for r in on_disk()} == {e.event_id for e in events}
+        assert 1 <= len(fsyncs) <= 10, len(fsyncs)  # a batch per loop turn (500 at most), not one per event
+
+        def full(fd: int, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(Outbox, "_write", staticmethod(full))
+        failed = asyncio.run(together([thumb() for _ in range(50)]))
+        assert all(isinstance(error, OSError) and error.errno == errno.ENOSPC for error in failed)
+        assert len(on_disk()) == 300 and producer.health()["writer"]
+    finally:
+        producer.close()
+
+
 def test_a_full_disk_refuses_the_write_whole_and_keeps_nothing_torn(broker: EmbeddedBroker, tmp_path: Path,
                                                                      monkeypatch) -> None:
     """ENOSPC midway through an append (injected at the write: these tests may not mount a small
@@ -104,18 +138,14 @@ def test_a_full_disk_refuses_the_write_whole_and_keeps_nothing_torn(broker: Embe
 def test_feedback_on_a_full_disk_is_a_503_with_retry_after_and_nothing_is_stored(tmp_path: Path) -> None:
     import asyncio
     import errno
-    from concurrent.futures import Future
-
     from feedback.protocol import FeedbackCreate
     from feedback.ratelimit import RateLimiter
     from feedback.routes import _refused
     from feedback.service import FeedbackRefused, FeedbackService
 
-    class FullDisk:  # the producer's contract: a future that fails with the outbox's OSError
-        def submit(self, topic, event) -> Future:
-            failed: Future = Future()
-            failed.set_exception(OSError(errno.ENOSPC, "No space left on device"))
-            return failed
+    class FullDisk:  # the producer's contract: persist() raises the outbox's OSError
+        async def persist(self, topic, event) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
 
     class Rated:
         response_id, conversation_id, adapter_version, user_id, store, prompt_hash, duel_id = "r:0", "c", None, "u", True, "h", None
