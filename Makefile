@@ -65,8 +65,10 @@ test-fast: install
 BENCH_STAMP := $(VENV)/.installed-bench
 PEER_VENV := bench/.venv-trl112
 
+# wrk (Debian's) generates the feedback benchmark's load: a C client leaves the two cores to the server.
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -e ".[dev,bench]"
+	command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
 	touch $@
 
 # TRL 1.12.0 is the last release with PPOTrainer; it needs its own transformers, so its own venv.

@@ -20,9 +20,7 @@ from prometheus_client import start_http_server
 from feedback.broker import die_with_parent
 from feedback.logs import configure_logging
 from learner import promotion
-from learner.cycle import due
-from learner.ppo import PPOConfig
-from learner.reward_model import RewardConfig
+from learner.config import PPOConfig, RewardConfig, due
 from learner.ingest import EventStore, ingest_once, make_consumer
 from learner.registry import Registry, RegistryError
 from learner.settings import LearnerSettings

@@ -11,7 +11,6 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 
 import structlog
 
@@ -111,13 +110,6 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
 def at_users_length(ppo: PPOConfig, usage: SamplingProfile) -> PPOConfig:
     """PPO's max_new_tokens 0 stands for the users' longest length (their p95)."""
     return replace(ppo, max_new_tokens=usage.longest) if ppo.max_new_tokens == 0 else ppo
-
-
-def due(new_feedback: int, seconds_since_last: float, settings: LearnerSettings) -> bool:
-    """The schedule: enough new ratings, or enough time with at least one new rating."""
-    return new_feedback >= settings.min_new_feedback or (
-        new_feedback > 0 and seconds_since_last >= settings.max_interval_s
-    )
 
 
 if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with RLHF_PPO / RLHF_REWARD hyperparameters (vLLM spawns)

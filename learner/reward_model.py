@@ -16,7 +16,7 @@ import hashlib
 import json
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,23 +26,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
+from learner.config import RewardConfig
 from learner.dataset import FeedbackData, Pair, Pointwise, as_messages
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass
-class RewardConfig:
-    lora_rank: int = field(default=16, metadata={"help": "LoRA rank of the reward model."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / rank)."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
-    epochs: int = field(default=3, metadata={"help": "Passes over the training data per refresh."})
-    batch_size: int = field(default=8, metadata={"help": "Pairs (and thumbs) per optimizer step."})
-    max_length: int = field(default=160, metadata={"help": "Tokens kept per prompt + response (left-truncated)."})
-    pointwise_weight: float = field(default=1.0, metadata={"help": "Weight of the thumbs (BCE) loss next to Bradley-Terry."})
-    heldout_fraction: float = field(default=0.2, metadata={"help": "Share of examples held out for accuracy (by hash)."})
-    replay_fraction: float = field(default=0.5, metadata={"help": "Share of older examples replayed in a refresh."})
-    seed: int = field(default=0, metadata={"help": "Seed for shuffling and initialisation."})
 
 
 def heldout(example: Pair | Pointwise, fraction: float) -> bool:

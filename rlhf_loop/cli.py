@@ -181,8 +181,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     from feedback.logs import configure_logging
     from learner.cycle import run_cycle
-    from learner.ppo import PPOConfig
-    from learner.reward_model import RewardConfig
+    from learner.config import PPOConfig, RewardConfig
     from learner.settings import LearnerSettings
     from learner.cli_args import dataclass_from_arguments
 
@@ -228,9 +227,8 @@ def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
     learn = commands.add_parser("learn", help="run one training cycle now on the stored feedback and exit")
     learn.add_argument("--once", action="store_true", required=True, help="one cycle, then exit (the learner "
                        "service runs cycles on its schedule)")
-    if learn_flags:  # importing the training code pulls in torch: only when `learn` is the command
-        from learner.ppo import PPOConfig
-        from learner.reward_model import RewardConfig
+    if learn_flags:  # only when `learn` is the command: its flags are the hyperparameters
+        from learner.config import PPOConfig, RewardConfig
         from learner.cli_args import add_dataclass_arguments
 
         add_dataclass_arguments(learn, PPOConfig, "ppo")

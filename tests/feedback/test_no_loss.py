@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from feedback.broker import EmbeddedBroker
 from feedback.settings import RuntimeSettings

@@ -9,7 +9,7 @@ from feedback.events import InteractionEvent, Timings
 from learner.cycle import at_users_length
 from learner.degeneration import degeneration, shares
 from learner.ingest import EventStore
-from learner.ppo import PPOConfig
+from learner.config import PPOConfig
 from learner.usage import sampling_profile
 from tests.learner.test_ingest import record
 
