@@ -34,6 +34,10 @@ class InvalidToken(ValueError):
     """A feedback token that is forged, tampered with, malformed or expired."""
 
 
+class ExpiredToken(InvalidToken):
+    """A genuine feedback token past its lifetime (410, where a forged one is 401)."""
+
+
 class RatedResponse(Protocol):
     """What a verified feedback token says about the response it names."""
 
@@ -123,7 +127,7 @@ class FeedbackService:
         try:
             return self.verify(token)
         except InvalidToken as error:
-            raise FeedbackRefused(401 if "expired" not in str(error) else 410, f"{param}: {error}", "invalid_token",
+            raise FeedbackRefused(410 if isinstance(error, ExpiredToken) else 401, f"{param}: {error}", "invalid_token",
                                   param=param) from None
 
     @staticmethod

@@ -49,6 +49,14 @@ class ServingSettings(RuntimeSettings):
             "RLHF_HOME/secrets/feedback-token.key."
         ),
     )
+    feedback_token_previous_secrets: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Earlier RLHF_FEEDBACK_TOKEN_SECRETs, comma-separated: tokens they signed are still accepted (new ones "
+            "are signed with RLHF_FEEDBACK_TOKEN_SECRET). Rotation: move the old secret here, set the new one, and "
+            "drop the old one after RLHF_FEEDBACK_TOKEN_TTL_S."
+        ),
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Operator bearer token of the admin API (/admin/v1). Unset: the admin API refuses every call.",
@@ -96,6 +104,11 @@ class ServingSettings(RuntimeSettings):
     @property
     def interaction_outbox_dir(self) -> Path:
         return self.outbox_dir or self.home / "outbox" / f"serving-{self.port}"
+
+    def previous_token_keys(self) -> list[bytes]:
+        """Keys that verify, but no longer sign, feedback tokens (rotation)."""
+        given = self.feedback_token_previous_secrets.get_secret_value() if self.feedback_token_previous_secrets else ""
+        return [key.strip().encode() for key in given.split(",") if key.strip()]
 
     def token_key(self) -> bytes:
         """The feedback-token key: the configured secret, or (development) one kept on disk."""

@@ -1,27 +1,33 @@
 """Feedback tokens: proof that a user was served a response, checkable by any replica.
 
-A token is `base64url(JSON claims) + "." + base64url(HMAC-SHA256(key, claims))`. It names the
-response, the adapter version that produced it, the user (if known), whether the interaction
-may be stored for training, and when it expires. No shared state: any replica holding the key
-verifies it. Hand-written (15 lines of hmac) rather than a JWT library: we need one algorithm,
-no headers to negotiate, and so no algorithm-confusion surface.
+A token is itsdangerous' URL-safe timed serializer over the JSON claims (HMAC-SHA256, a salt of its
+own, the signing time inside): it names the response, the adapter version that produced it, the user
+(if known), whether the interaction may be stored for training, and the prompt's hash. No shared
+state: any replica holding the key verifies it. The well-kept library rather than a JWT: one
+algorithm, no header to negotiate (no algorithm confusion), its own expired-signature exception, and
+key rotation: tokens are signed with the current key and verified with it or any previous one.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
-import time
+from typing import Sequence
 
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from feedback.service import InvalidToken
+from feedback.service import ExpiredToken, InvalidToken
+
+SALT = "rlhf-loop.feedback-token"
 
 
 class TokenError(InvalidToken):
-    """The token is forged, tampered with, malformed or expired; the message says which."""
+    """The token is forged, tampered with or malformed; the message says which."""
+
+
+class TokenExpired(TokenError, ExpiredToken):
+    """The token was genuine but is older than RLHF_FEEDBACK_TOKEN_TTL_S."""
 
 
 class FeedbackClaims(BaseModel):
@@ -34,46 +40,33 @@ class FeedbackClaims(BaseModel):
     store: bool = Field(alias="st", description="False: the user opted out of training (`store: false`).")
     prompt_hash: str = Field(alias="ph", description="Hash of the prompt: a pairwise choice needs two equal ones.")
     duel_id: str | None = Field(default=None, alias="d")
-    expires_at: int = Field(alias="exp")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class TokenSigner:
-    def __init__(self, key: bytes, ttl_s: int) -> None:
-        self.key, self.ttl_s = key, ttl_s
+    """Signs with `key`; verifies with `key` or any of `previous_keys` (rotation: keep the old key here
+    for one token lifetime after switching)."""
+
+    def __init__(self, key: bytes, ttl_s: int, *, previous_keys: Sequence[bytes] = ()) -> None:
+        self.ttl_s = ttl_s
+        # itsdangerous signs with the last key of the list and accepts a signature by any of them
+        self._serializer = URLSafeTimedSerializer([*previous_keys, key], salt=SALT,
+                                                  signer_kwargs={"digest_method": hashlib.sha256})
 
     def sign(self, **claims: object) -> str:
-        body = FeedbackClaims.model_validate({**claims, "exp": int(time.time()) + self.ttl_s})
-        payload = _b64(body.model_dump_json(by_alias=True).encode())
-        return f"{payload}.{_b64(self._mac(payload))}"
+        return self._serializer.dumps(FeedbackClaims.model_validate(claims).model_dump(by_alias=True))
 
-    def verify(self, token: str, *, now: float | None = None) -> FeedbackClaims:
-        payload, dot, signature = token.partition(".")
-        if not dot or not payload or not signature:
-            raise TokenError("malformed feedback token")
+    def verify(self, token: str) -> FeedbackClaims:
         try:
-            given = _unb64(signature)
-        except ValueError:
-            raise TokenError("malformed feedback token") from None
-        if not hmac.compare_digest(given, self._mac(payload)):
-            raise TokenError("invalid feedback token signature (forged or tampered)")
+            data = self._serializer.loads(token, max_age=self.ttl_s)
+        except SignatureExpired:
+            raise TokenExpired("feedback token expired") from None
+        except BadSignature:  # anything not signed by a key of ours
+            raise TokenError("malformed feedback token" if token.count(".") < 2
+                             else "invalid feedback token signature (forged or tampered)") from None
         try:
-            claims = FeedbackClaims.model_validate(json.loads(_unb64(payload)))
-        except (ValueError, ValidationError):
+            return FeedbackClaims.model_validate(data)
+        except ValidationError:
             raise TokenError("malformed feedback token") from None
-        if claims.expires_at < (time.time() if now is None else now):
-            raise TokenError("feedback token expired")
-        return claims
-
-    def _mac(self, payload: str) -> bytes:
-        return hmac.new(self.key, payload.encode(), hashlib.sha256).digest()
 
 
 def prompt_hash(messages: list[dict]) -> str:
