@@ -9,30 +9,22 @@ from fastapi.responses import JSONResponse
 
 from feedback.protocol import FeedbackAccepted, FeedbackCreate, PairwiseFeedbackCreate
 from feedback.service import REJECTED, FeedbackRefused
-from feedback.ratelimit import retry_after_header
 
 router = APIRouter()
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 
 
-def _refused(error: FeedbackRefused) -> JSONResponse:
-    REJECTED.labels(error.reason).inc()
-    headers = {"Retry-After": retry_after_header(error.retry_after_s)} if error.retry_after_s > 0 else None
-    return JSONResponse(
-        status_code=error.status, headers=headers,
-        content={"error": {"message": error.message, "type": error.reason, "param": error.param, "code": error.status}},
-    )
-
-
 async def _accept(request: Request, submit) -> JSONResponse:
-    """Run `submit(user=..., client=...)`: 202 with the receipt once durable, else the refusal."""
+    """Run `submit(user=..., client=...)`: 202 with the receipt once durable; a refusal is raised on to
+    serving's one handler of `Refused`, counted here by reason."""
     user = request.app.state.authenticated_user(request)
     client = request.client.host if request.client else "unknown"
     try:
         accepted = await submit(user=user, client=client)
     except FeedbackRefused as error:
-        return _refused(error)
+        REJECTED.labels(error.reason).inc()
+        raise
     return JSONResponse(accepted.model_dump(), status_code=202)
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import structlog
 from prometheus_client import Counter
 
+from feedback.errors import Refused
 from feedback.events import PairwiseEvent, ThumbEvent
 from feedback.producer import DurableProducer
 from feedback.protocol import FeedbackAccepted, FeedbackCreate, PairwiseFeedbackCreate
@@ -50,12 +51,12 @@ class RatedResponse(Protocol):
     duel_id: str | None
 
 
-class FeedbackRefused(Exception):
-    """A request that is understood but not accepted; carries the HTTP status and a message."""
+class FeedbackRefused(Refused):
+    """A feedback request that is understood but not accepted; `reason` is its error type and metric label."""
 
     def __init__(self, status: int, message: str, reason: str, *, param: str | None = None, retry_after_s: float = 0.0):
-        super().__init__(message)
-        self.status, self.message, self.reason, self.param, self.retry_after_s = status, message, reason, param, retry_after_s
+        super().__init__(status, message, type_=reason, param=param, retry_after_s=retry_after_s)
+        self.reason = reason
 
 
 class FeedbackService:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from learner.registry import Registry, RegistryError, UnknownVersion
-from serving.errors import error_response
+from feedback.errors import Refused
 from serving.metrics import ADMIN_ACTIONS
 
 
@@ -34,18 +34,14 @@ class CanaryAction(AdminAction):
     share: float = Field(gt=0.0, le=1.0, description="Share of users routed to the canary, sticky per user.")
 
 
-class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        self.status, self.message = status, message
-
-
 def operator(request: Request) -> str:
     """The acting operator: 401 without a bearer token, 403 with any token but the operator's."""
     expected = request.app.state.admin_token
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         ADMIN_ACTIONS.labels("auth", "unauthenticated").inc()
-        raise Refused(401, "the admin API needs `Authorization: Bearer <operator token>`")
+        raise Refused(401, "the admin API needs `Authorization: Bearer <operator token>`",
+                      headers={"WWW-Authenticate": "Bearer"})
     if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
         ADMIN_ACTIONS.labels("auth", "forbidden").inc()
         raise Refused(403, "this token may not use the admin API" if expected else
@@ -68,10 +64,10 @@ def _act(request: Request, action: str, do) -> JSONResponse:
         pointer = do(_registry(request))
     except UnknownVersion as error:
         ADMIN_ACTIONS.labels(action, "refused").inc()
-        return error_response(404, str(error))
+        raise Refused(404, str(error)) from None
     except RegistryError as error:
         ADMIN_ACTIONS.labels(action, "refused").inc()
-        return error_response(409, str(error), type_="ConflictError")
+        raise Refused(409, str(error), type_="ConflictError") from None
     ADMIN_ACTIONS.labels(action, "done").inc()
     return JSONResponse({"pointer": pointer.model_dump(mode="json")})
 
@@ -91,7 +87,7 @@ def show_adapter(version: str, request: Request, _: Operator) -> JSONResponse:
     try:
         return JSONResponse({**registry.meta(version), **registry.summary(version)})
     except UnknownVersion as error:
-        return error_response(404, str(error))
+        raise Refused(404, str(error)) from None
 
 
 @router.get("/adapters/{version}/diff/{other}")
@@ -100,7 +96,7 @@ def diff_adapters(version: str, other: str, request: Request, _: Operator) -> JS
     try:
         return JSONResponse(_registry(request).diff(version, other))
     except UnknownVersion as error:
-        return error_response(404, str(error))
+        raise Refused(404, str(error)) from None
 
 
 @router.post("/adapters/{version}/promote")
@@ -145,10 +141,3 @@ def audit(request: Request, _: Operator) -> dict[str, Any]:
 
 def install_admin(app) -> None:
     app.include_router(router)
-
-    @app.exception_handler(Refused)
-    async def _refused(_: Request, error: Refused) -> JSONResponse:
-        response = error_response(error.status, error.message)
-        if error.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from feedback.errors import Refused
 from feedback.producer import DurableProducer
 from feedback.redaction import redact
 from feedback.ratelimit import RateLimiter
@@ -28,7 +29,7 @@ from serving.adapters import AdapterRouter
 from serving.admin import install_admin
 from serving.chat import ChatService
 from serving.engine import EngineStarter, start_vllm
-from serving.errors import Unauthenticated, error_response, install_error_handlers
+from serving.errors import Unauthenticated, install_error_handlers
 from serving.limits import BodyLimit
 from serving.metrics import ENGINE_READY, RequestMetrics
 from serving.protocol import ChatRequest, DuelResponse
@@ -120,9 +121,9 @@ def create_app(settings: ServingSettings, engine: EngineStarter = start_vllm) ->
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
 
-    def not_ready() -> JSONResponse:
-        return error_response(503, "the model engine is still starting; retry shortly (see /readyz)",
-                              type_="ServiceUnavailableError")
+    def not_ready() -> Refused:
+        return Refused(503, "the model engine is still starting; retry shortly (see /readyz)",
+                       type_="ServiceUnavailableError", retry_after_s=5)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -155,7 +156,7 @@ def create_app(settings: ServingSettings, engine: EngineStarter = start_vllm) ->
     async def list_models(request: Request) -> Response:
         """The served model (plus loaded adapter versions where pinning is allowed), OpenAI format."""
         if not request.app.state.ready:
-            return not_ready()
+            raise not_ready()
         payload = await request.app.state.engine.models()
         if not settings.allow_adapter_pinning:
             payload["data"] = [m for m in payload["data"] if m["id"] == settings.served_model_name]
@@ -170,7 +171,7 @@ def create_app(settings: ServingSettings, engine: EngineStarter = start_vllm) ->
         """
         request.app.state.authenticated_user(request)  # 401 first: who may ask does not depend on the engine
         if not request.app.state.ready:
-            return not_ready()
+            raise not_ready()
         return await request.app.state.chat.complete(body, request)
 
     @app.post("/v1/chat/duels", response_model=DuelResponse)
@@ -178,7 +179,7 @@ def create_app(settings: ServingSettings, engine: EngineStarter = start_vllm) ->
         """Two answers to one prompt from two policies (active vs canary, else two samples)."""
         request.app.state.authenticated_user(request)
         if not request.app.state.ready:
-            return not_ready()
+            raise not_ready()
         return await request.app.state.chat.duel(body, request)
 
     return app

@@ -22,11 +22,11 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRespo
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+from feedback.errors import Refused
 from feedback.events import InteractionEvent, Timings
 from feedback.producer import DurableProducer
 from serving.adapters import AdapterRouter, Lease, PinningDisabled, UnknownAdapter
 from serving.engine import Engine
-from serving.errors import error_response
 from serving.protocol import ChatRequest, DuelResponse, FeedbackHandle
 from feedback.redaction import redact
 from serving.tokens import TokenSigner, prompt_hash
@@ -79,9 +79,9 @@ class ChatService:
         try:
             lease = self.router.lease(body.user, body.model)
         except PinningDisabled as error:
-            return error_response(403, str(error), type_="PermissionDeniedError", param="model")
+            raise Refused(403, str(error), type_="PermissionDeniedError", param="model") from None
         except UnknownAdapter as error:
-            return error_response(404, str(error), type_="NotFoundError", param="model")
+            raise Refused(404, str(error), type_="NotFoundError", param="model") from None
         exchange = Exchange(body, lease, time.perf_counter(), conversation_id(body, request))
         if body.stream:
             return await self._stream(exchange, request)
@@ -95,12 +95,12 @@ class ChatService:
 
     async def duel(self, body: ChatRequest, request: Request) -> Response:
         if body.stream:
-            return error_response(400, "duels are not streamed: send `stream: false`", param="stream")
+            raise Refused(400, "duels are not streamed: send `stream: false`", param="stream")
         if body.n not in (None, 1):
-            return error_response(400, "a duel has one answer per side: send `n: 1`", param="n")
+            raise Refused(400, "a duel has one answer per side: send `n: 1`", param="n")
         if body.model not in (None, self.router.base_model_name):
-            return error_response(400, f"a duel picks its own policies: send `model: {self.router.base_model_name}`",
-                                  param="model")
+            raise Refused(400, f"a duel picks its own policies: send `model: {self.router.base_model_name}`",
+                          param="model")
         body = _attribute(body, request)
         duel_id = f"duel-{uuid.uuid4().hex}"
         leases = self.router.lease_pair()

@@ -10,16 +10,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from feedback.errors import Refused
+from feedback.ratelimit import retry_after_header
+
 log = structlog.get_logger(__name__)
 
 
-class Unauthenticated(Exception):
+class Unauthenticated(Refused):
     """A request without the user the auth proxy must vouch for (RLHF_USER_HEADER): 401."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message, type_="AuthenticationError")
 
-def error_response(status: int, message: str, *, type_: str | None = None, param: str | None = None) -> JSONResponse:
+
+def error_response(status: int, message: str, *, type_: str | None = None, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        status_code=status,
+        status_code=status, headers=headers,
         content={
             "error": {
                 "message": message,
@@ -54,9 +61,13 @@ def install_error_handlers(app: FastAPI) -> None:
             message += f" (and {len(errors) - 1} more problem(s))"
         return error_response(400, message, type_="BadRequestError", param=param)
 
-    @app.exception_handler(Unauthenticated)
-    async def _unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
-        return error_response(401, str(exc), type_="AuthenticationError")
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        """Every refusal of ours (feedback, admin, chat routing, auth): one shape, Retry-After when it applies."""
+        headers = dict(exc.headers)
+        if exc.retry_after_s > 0:
+            headers["Retry-After"] = retry_after_header(exc.retry_after_s)
+        return error_response(exc.status, exc.message, type_=exc.type, param=exc.param, headers=headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -3,6 +3,9 @@ the real broker: accepted events arrive, bad input writes nothing."""
 
 from __future__ import annotations
 
+import time
+from unittest import mock
+
 import httpx
 import pytest
 
@@ -19,14 +22,17 @@ def serving(http_serving: ServingServer) -> ServingServer:
     return http_serving
 
 
-def signer(serving: ServingServer, ttl_s: int = 3600) -> TokenSigner:
-    return TokenSigner(ServingSettings(home=serving.home).token_key(), ttl_s)
+def signer(serving: ServingServer) -> TokenSigner:
+    return TokenSigner(ServingSettings(home=serving.home).token_key(), 3600)
 
 
-def token(serving: ServingServer, rid: str, *, user: str | None = "alice", prompt: str = "hi", ttl_s: int = 3600,
+def token(serving: ServingServer, rid: str, *, user: str | None = "alice", prompt: str = "hi", age_s: float = 0,
           store: bool = True, duel: str | None = None) -> str:
-    return signer(serving, ttl_s).sign(rid=rid, c=f"conv-{prompt}", av="v0001", u=user, st=store,
-                                       ph=prompt_hash([{"role": "user", "content": prompt}]), d=duel)
+    """A token as serving signs it, `age_s` seconds ago (the server's lifetime is RLHF_FEEDBACK_TOKEN_TTL_S)."""
+    now = time.time
+    with mock.patch("itsdangerous.timed.time.time", lambda: now() - age_s):
+        return signer(serving).sign(rid=rid, c=f"conv-{prompt}", av="v0001", u=user, st=store,
+                                    ph=prompt_hash([{"role": "user", "content": prompt}]), d=duel)
 
 
 def accepted_total(serving: ServingServer) -> float:
@@ -79,11 +85,14 @@ def test_store_false_feedback_is_acknowledged_but_not_recorded(serving: ServingS
 
 def _bad_requests(serving: ServingServer) -> list[tuple[str, str, dict | str, dict, int, str]]:
     good = token(serving, "r-bad")
-    payload, signature = good.split(".")
+    payload, stamp, signature = good.rsplit(".", 2)
+    week = ServingSettings(home=serving.home).feedback_token_ttl_s
     return [
-        ("forged", "/v1/feedback", {"feedback_token": "bm9wZQ.bm9wZQ", "rating": "up"}, {}, 401, "signature"),
-        ("tampered", "/v1/feedback", {"feedback_token": payload[:-2] + "xx." + signature, "rating": "up"}, {}, 401, "feedback_token"),
-        ("expired", "/v1/feedback", {"feedback_token": token(serving, "r-old", ttl_s=-5), "rating": "up"}, {}, 410, "expired"),
+        ("forged", "/v1/feedback", {"feedback_token": "bm9wZQ.bm9wZQ.bm9wZQ", "rating": "up"}, {}, 401, "signature"),
+        ("tampered", "/v1/feedback", {"feedback_token": f"{payload[:-2]}xx.{stamp}.{signature}", "rating": "up"}, {}, 401,
+         "feedback_token"),
+        ("expired", "/v1/feedback", {"feedback_token": token(serving, "r-old", age_s=week + 60), "rating": "up"}, {}, 410,
+         "expired"),
         ("different prompts", "/v1/feedback/pairwise",
          {"feedback_token_a": token(serving, "r-1", prompt="one"), "feedback_token_b": token(serving, "r-2", prompt="two"),
           "choice": "a"}, {}, 400, "different prompts"),

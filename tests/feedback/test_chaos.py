@@ -138,10 +138,14 @@ def test_a_full_disk_refuses_the_write_whole_and_keeps_nothing_torn(broker: Embe
 def test_feedback_on_a_full_disk_is_a_503_with_retry_after_and_nothing_is_stored(tmp_path: Path) -> None:
     import asyncio
     import errno
+
+    from fastapi.testclient import TestClient
+
     from feedback.protocol import FeedbackCreate
     from feedback.ratelimit import RateLimiter
-    from feedback.routes import _refused
     from feedback.service import FeedbackRefused, FeedbackService
+    from serving.app import create_app
+    from serving.settings import ServingSettings
 
     class FullDisk:  # the producer's contract: persist() raises the outbox's OSError
         async def persist(self, topic, event) -> None:
@@ -156,9 +160,13 @@ def test_feedback_on_a_full_disk_is_a_503_with_retry_after_and_nothing_is_stored
         asyncio.run(service.thumb(FeedbackCreate(feedback_token="x", rating="up"), user=None, client="c",
                                   idempotency_key="k1"))
     assert refused.value.status == 503 and "No space left" in refused.value.message
-    response = _refused(refused.value)
+    app = create_app(ServingSettings(_env_file=None, home=tmp_path))  # the HTTP layer's answer (no lifespan)
+    app.state.feedback = service
+    response = TestClient(app).post("/v1/feedback", json={"feedback_token": "x", "rating": "up"},
+                                    headers={"Idempotency-Key": "k2"})
     assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
-    assert json.loads(response.body)["error"]["code"] == 503
+    assert response.json()["error"]["type"] == "storage_unavailable"
+    assert response.json()["error"]["code"] == 503
     assert not service._seen  # a retry with the same key is tried again, not answered "accepted"
 
 
