@@ -106,14 +106,18 @@ def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def deployment(docs: list[Doc], name: str) -> Doc:
-    found = find(docs, "Deployment", name)
-    assert found is not None, f"no Deployment {name}"
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
+def workload(docs: list[Doc], name: str) -> Doc:
+    """The Deployment or StatefulSet `name`."""
+    found = next((d for kind in WORKLOADS if (d := find(docs, kind, name)) is not None), None)
+    assert found is not None, f"no Deployment or StatefulSet {name}"
     return found
 
 
 def pod(docs: list[Doc], name: str) -> Doc:
-    return deployment(docs, name)["spec"]["template"]["spec"]
+    return workload(docs, name)["spec"]["template"]["spec"]
 
 
 def main_container(docs: list[Doc], name: str) -> Doc:
@@ -154,7 +158,7 @@ def pod_containers(spec: Doc) -> list[Doc]:
 
 def all_containers(docs: list[Doc]) -> list[tuple[str, Doc]]:
     return [(f"{d['metadata']['name']}/{c['name']}", c)
-            for d in of_kind(docs, "Deployment") for c in pod_containers(d["spec"]["template"]["spec"])]
+            for kind in WORKLOADS for d in of_kind(docs, kind) for c in pod_containers(d["spec"]["template"]["spec"])]
 
 
 def volume_at(spec: Doc, container: Doc, path: str) -> Doc | None:
@@ -227,7 +231,7 @@ def reference_problems(docs: list[Doc], operator_secrets: set[str]) -> list[str]
         elif target["metadata"].get("namespace") != namespace:
             problems.append(f"{where}: {kind} {name} is in namespace {target['metadata'].get('namespace')}, not {namespace}")
 
-    for dep in of_kind(docs, "Deployment"):
+    for dep in [d for kind in WORKLOADS for d in of_kind(docs, kind)]:
         where, ns, spec = name_of(dep), dep["metadata"].get("namespace"), dep["spec"]["template"]["spec"]
         need("ServiceAccount", spec.get("serviceAccountName", "default"), ns, where, optional=True)
         for volume in spec.get("volumes", []):
@@ -295,7 +299,7 @@ def secret_problems(docs: list[Doc]) -> list[str]:
 
 def serving_problems(docs: list[Doc]) -> list[str]:
     problems = []
-    dep = deployment(docs, "rlhf-serving")
+    dep = workload(docs, "rlhf-serving")
     spec = dep["spec"]["template"]["spec"]
     container = main_container(docs, "rlhf-serving")
     env = container_env(docs, container)
@@ -331,11 +335,29 @@ def serving_problems(docs: list[Doc]) -> list[str]:
     if sleep is not None and grace < sleep + 60:
         problems.append(f"terminationGracePeriodSeconds {grace} leaves under a minute for requests after the preStop sleep")
 
-    strategy = dep["spec"].get("strategy", {})
-    rolling = strategy.get("rollingUpdate", {})
-    if strategy.get("type", "RollingUpdate") != "RollingUpdate" or str(rolling.get("maxUnavailable")) not in ("0", "0%") \
-            or str(rolling.get("maxSurge")) != "1":
-        problems.append(f"rollout must be RollingUpdate maxUnavailable 0, maxSurge 1: {strategy}")
+    # the outbox outlives its pod: a StatefulSet with a claim per replica at the outbox, kept on scale-down
+    if dep["kind"] != "StatefulSet":
+        problems.append("rlhf-serving is a Deployment: its outbox cannot outlive a pod (a StatefulSet with a claim can)")
+    else:
+        outbox = str(setting_default(ServingSettings, "RLHF_HOME") if "RLHF_HOME" not in env else env["RLHF_HOME"]) \
+            + "/outbox"
+        claims = {t["metadata"]["name"] for t in dep["spec"].get("volumeClaimTemplates", [])}
+        mount = max((m for m in container.get("volumeMounts", [])
+                     if outbox == m["mountPath"] or outbox.startswith(m["mountPath"].rstrip("/") + "/")),
+                    key=lambda m: len(m["mountPath"]), default=None)
+        if mount is None or mount["name"] not in claims:
+            problems.append(f"the outbox ({outbox}) is not on a volume claim of the StatefulSet: lost with the pod")
+        retention = dep["spec"].get("persistentVolumeClaimRetentionPolicy", {})
+        if retention.get("whenScaled", "Retain") != "Retain" or retention.get("whenDeleted", "Retain") != "Retain":
+            problems.append(f"outbox claims are deleted with their pods (a backlog would be lost): {retention}")
+        if dep["spec"].get("podManagementPolicy") != "Parallel":
+            problems.append("serving pods start one after another (podManagementPolicy OrderedReady): scale-up is slow")
+        strategy = dep["spec"].get("updateStrategy", {})
+        if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+            problems.append(f"serving is not updated by a rolling update: {strategy}")
+        headless = find(docs, "Service", dep["spec"].get("serviceName", "")) or {"spec": {}}
+        if headless["spec"].get("clusterIP") != "None" or not selects(headless["spec"].get("selector", {}), labels):
+            problems.append(f"no headless Service {dep['spec'].get('serviceName')} governs the serving pods")
     if "replicas" in dep["spec"]:
         problems.append("rlhf-serving sets replicas: every apply would reset what the HPA chose")
 
@@ -349,7 +371,7 @@ def serving_problems(docs: list[Doc]) -> list[str]:
     hpa = find(docs, "HorizontalPodAutoscaler", "rlhf-serving") or {"apiVersion": None, "spec": {}}
     target = hpa["spec"].get("scaleTargetRef", {})
     bounds_ok = 1 <= hpa["spec"].get("minReplicas", 1) <= hpa["spec"].get("maxReplicas", 0)
-    if hpa["apiVersion"] != "autoscaling/v2" or (target.get("kind"), target.get("name")) != ("Deployment", "rlhf-serving") \
+    if hpa["apiVersion"] != "autoscaling/v2" or (target.get("kind"), target.get("name")) != (dep["kind"], "rlhf-serving") \
             or not bounds_ok or not hpa["spec"].get("metrics"):
         problems.append(f"no autoscaling/v2 HPA with metrics and 1 <= min <= max for rlhf-serving: {hpa['spec']}")
     pdb = find(docs, "PodDisruptionBudget", "rlhf-serving") or {"spec": {}}
@@ -360,7 +382,7 @@ def serving_problems(docs: list[Doc]) -> list[str]:
 
 def learner_problems(docs: list[Doc]) -> list[str]:
     problems = []
-    dep = deployment(docs, "rlhf-learner")
+    dep = workload(docs, "rlhf-learner")
     spec = dep["spec"]["template"]["spec"]
     container = main_container(docs, "rlhf-learner")
     env = container_env(docs, container)
@@ -571,7 +593,7 @@ def pod_security_problems(docs: list[Doc]) -> list[str]:
             problems.append(f"{name}: root filesystem is writable (readOnlyRootFilesystem)")
         if volume_at(spec, container, "/tmp") is None:
             problems.append(f"{name}: no writable volume at /tmp")
-        labels = deployment(docs, name)["spec"]["template"]["metadata"]["labels"]
+        labels = workload(docs, name)["spec"]["template"]["metadata"]["labels"]
         mine = [p for p in policies if selects(p["spec"].get("podSelector", {}).get("matchLabels", {}), labels)
                 and "Ingress" in p["spec"].get("policyTypes", [])]
         if not mine:
@@ -716,7 +738,7 @@ def test_overlays_are_the_ones_documented() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_every_part(overlay: str) -> None:
     kinds = {d["kind"] for d in render(overlay)}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim",
+    assert {"Deployment", "StatefulSet", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim",
             "ConfigMap", "Kafka", "KafkaNodePool", "KafkaTopic", "ServiceMonitor"} <= kinds
 
 
@@ -803,8 +825,10 @@ MISTAKES: list[tuple[str, str, Check, Callable[[list[Doc]], object]]] = [
      lambda d: _serving(d)["readinessProbe"]["httpGet"].update(path="/healthz")),
     ("cpu", "no preStop", serving_problems,
      lambda d: _serving(d).pop("lifecycle")),
-    ("gpu", "maxUnavailable 1", serving_problems,
-     lambda d: deployment(d, "rlhf-serving")["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=1)),
+    ("gpu", "outbox claims deleted on scale-down", serving_problems,
+     lambda d: workload(d, "rlhf-serving")["spec"]["persistentVolumeClaimRetentionPolicy"].update(whenScaled="Delete")),
+    ("cpu", "outbox on the pod's scratch volume", serving_problems,
+     lambda d: workload(d, "rlhf-serving")["spec"]["volumeClaimTemplates"][0]["metadata"].update(name="elsewhere")),
     ("gpu", "liveness shorter than engine start", serving_problems,
      lambda d: _serving(d)["livenessProbe"].update(failureThreshold=3)),
     ("cpu", "grace shorter than preStop", serving_problems,
@@ -816,7 +840,7 @@ MISTAKES: list[tuple[str, str, Check, Callable[[list[Doc]], object]]] = [
     ("gpu", "PDB minAvailable 0", serving_problems,
      lambda d: find(d, "PodDisruptionBudget", "rlhf-serving")["spec"].update(minAvailable=0)),
     ("cpu", "learner rolling update", learner_problems,
-     lambda d: deployment(d, "rlhf-learner")["spec"].update(strategy={"type": "RollingUpdate"})),
+     lambda d: workload(d, "rlhf-learner")["spec"].update(strategy={"type": "RollingUpdate"})),
     ("cpu", "learner state on emptyDir", learner_problems,
      lambda d: pod(d, "rlhf-learner").update(volumes=[_as_empty_dir(v) for v in pod(d, "rlhf-learner")["volumes"]])),
     ("gpu", "secret in a ConfigMap", secret_problems,
