@@ -106,9 +106,6 @@ class EmbeddedBroker:
         log.info("broker.started", bootstrap=self.bootstrap_servers, pid=self.process.pid)
         return self
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return

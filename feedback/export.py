@@ -23,13 +23,13 @@ from feedback.events import ForgetEvent, InteractionEvent, PairwiseEvent, ThumbE
 
 log = structlog.get_logger(__name__)
 
-AnyEvent = InteractionEvent | ThumbEvent | PairwiseEvent
+ExportedEvent = InteractionEvent | ThumbEvent | PairwiseEvent
 KINDS = ("interaction", "thumb", "pairwise")
 
 
 def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None = None,
                 until: datetime | None = None, kinds: Iterable[str] = KINDS,
-                client_config: dict | None = None) -> Iterator[AnyEvent]:
+                client_config: dict | None = None) -> Iterator[ExportedEvent]:
     """Every distinct event on `topics` (as of now) within [since, until) of the wanted kinds, less the
     events of forgotten users (held back until the read ends: a `forget` may come later on the topic)."""
     forgotten: set[str] = set()
@@ -44,7 +44,7 @@ def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datet
 
 
 def _read(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None, until: datetime | None,
-          kinds: set[str], client_config: dict) -> Iterator[AnyEvent | ForgetEvent]:
+          kinds: set[str], client_config: dict) -> Iterator[ExportedEvent | ForgetEvent]:
     login = {k: v for k, v in client_config.items() if k != "bootstrap_servers"}
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, client_id="rlhf-export", **login)
     try:
@@ -80,7 +80,7 @@ def _read(bootstrap_servers: list[str], topics: list[str], *, since: datetime | 
         consumer.close()
 
 
-def _parse(record) -> AnyEvent | None:
+def _parse(record) -> ExportedEvent | None:
     try:
         return parse_event(record.value)
     except (UnknownSchemaVersion, ValueError) as error:
@@ -88,7 +88,7 @@ def _parse(record) -> AnyEvent | None:
         return None
 
 
-def latest_thumbs(events: Iterable[AnyEvent]) -> list[ThumbEvent]:
+def latest_thumbs(events: Iterable[ExportedEvent]) -> list[ThumbEvent]:
     """One thumb per (user, response): the newest. For an anonymous thumb the answer itself is the
     subject (its feedback token names it): a replayed or changed anonymous thumb replaces, never adds."""
     newest: dict[tuple[str | None, str], ThumbEvent] = {}
@@ -100,7 +100,7 @@ def latest_thumbs(events: Iterable[AnyEvent]) -> list[ThumbEvent]:
     return list(newest.values())
 
 
-def write(events: Iterable[AnyEvent], path: Path, fmt: Literal["jsonl", "parquet"]) -> int:
+def write(events: Iterable[ExportedEvent], path: Path, fmt: Literal["jsonl", "parquet"]) -> int:
     rows = [event.model_dump(mode="json") for event in events]
     if fmt == "jsonl":
         with open(path, "w") as out:
@@ -123,7 +123,7 @@ class Stats:
     pairwise: list[dict[str, object]] = field(default_factory=list)
 
 
-def summarize(events: Iterable[AnyEvent]) -> Stats:
+def summarize(events: Iterable[ExportedEvent]) -> Stats:
     events = list(events)
     stats = Stats(counts=dict(Counter(e.event_type for e in events)))
     ups: dict[str, Counter] = defaultdict(Counter)

@@ -8,6 +8,9 @@ from typing import Literal
 
 from learner.settings import LearnerSettings
 
+# the LoRA of the policy and of the reward model: every attention projection of the transformer
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
 
 @dataclass
 class PPOConfig:

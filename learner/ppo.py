@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from learner import ppo_math as M
-from learner.config import PPOConfig
+from learner.config import LORA_TARGET_MODULES, PPOConfig
 from learner.dataset import as_messages
 from learner.rollout import VLLMRollouts
 
@@ -139,7 +139,7 @@ class PPOTrainer:
                 lm.load_adapter(warm_start, adapter_name="reference", is_trainable=False)
         else:
             lm = get_peft_model(base, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+                                                 target_modules=LORA_TARGET_MODULES))
         self.policy = PolicyWithValue(lm)
         self.ddp = DistributedDataParallel(self.policy) if self.world > 1 else self.policy
         self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=config.learning_rate)
@@ -322,9 +322,6 @@ class PPOTrainer:
         logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, T, self.config.temperature)
         reference = self._reference_logprobs(batch, T)
         return ((logprobs - reference) * batch.mask).sum(1).mean().item()
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
 
 
 def write_history(path: Path, history: list[dict]) -> None:

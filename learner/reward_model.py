@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
-from learner.config import RewardConfig
+from learner.config import LORA_TARGET_MODULES, RewardConfig
 from learner.dataset import FeedbackData, Pair, Pointwise, as_messages
 
 log = structlog.get_logger(__name__)
@@ -60,7 +60,7 @@ class RewardModel:
         else:
             model = get_peft_model(base, LoraConfig(
                 task_type="SEQ_CLS", r=config.lora_rank, lora_alpha=config.lora_alpha,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                target_modules=LORA_TARGET_MODULES,
             ))
         return cls(model, tokenizer, config.max_length)
 

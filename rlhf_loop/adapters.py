@@ -16,9 +16,9 @@ import sys
 def _registry():
     from feedback.settings import RuntimeSettings
     from learner.registry import Registry
-    from rlhf_loop.cli import _load
+    from rlhf_loop.config import load_settings
 
-    settings = _load(RuntimeSettings)
+    settings = load_settings(RuntimeSettings)
     return Registry.from_settings(settings)
 
 

@@ -7,23 +7,12 @@ import signal
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from rlhf_loop.config import load_settings
 
 
 def _fail(message: str) -> int:
     print(f"rlhf-loop: {message}", file=sys.stderr)
     return 2
-
-
-def _load(settings_class: type[BaseSettings], **overrides: object) -> BaseSettings:
-    """Settings from env + flags; a bad value raises SystemExit with a one-line message."""
-    from rlhf_loop.config import describe_error
-
-    try:
-        return settings_class(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        raise SystemExit(_fail(describe_error(settings_class, error))) from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -33,7 +22,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from rlhf_loop.simulation import SimulationSettings
     from rlhf_loop.supervisor import Supervisor
 
-    settings = _load(SimulationSettings, port=args.port, simulate_users=args.simulate_users,
+    settings = load_settings(SimulationSettings, port=args.port, simulate_users=args.simulate_users,
                      simulate_until_tested=args.until_tested or None,
                      simulate_report=args.report.resolve() if args.report else None)
     configure_logging("supervisor")
@@ -69,7 +58,7 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
     from feedback.settings import RuntimeSettings
     from rlhf_loop.model import ModelPreparationError
 
-    settings = _load(RuntimeSettings)
+    settings = load_settings(RuntimeSettings)
     configure_logging("model")
     target = args.output or settings.model_dir
     if settings.model is not None and args.output is None:
@@ -86,7 +75,7 @@ def _events(args: argparse.Namespace):
     from feedback.export import read_events
     from feedback.settings import RuntimeSettings
 
-    settings = _load(RuntimeSettings)
+    settings = load_settings(RuntimeSettings)
     return read_events(settings.bootstrap_servers, [settings.interactions_topic, settings.feedback_topic],
                        since=args.since, until=args.until, kinds=args.kinds, client_config=settings.kafka_client())
 
@@ -136,7 +125,7 @@ def cmd_feedback_forget(args: argparse.Namespace) -> int:
     from feedback.events import ForgetEvent
     from feedback.settings import RuntimeSettings
 
-    settings = _load(RuntimeSettings)
+    settings = load_settings(RuntimeSettings)
     event = ForgetEvent(user_id=args.user)
     try:
         producer = KafkaProducer(acks="all", client_id="rlhf-forget", **settings.kafka_client())
@@ -185,7 +174,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from learner.settings import LearnerSettings
     from learner.cli_args import dataclass_from_arguments
 
-    settings = _load(LearnerSettings)
+    settings = load_settings(LearnerSettings)
     configure_logging("learner")
     if not settings.model_dir.is_dir():
         return _fail(f"no model at {settings.model_dir}: run `rlhf-loop model prepare` or set RLHF_MODEL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -35,6 +36,15 @@ def describe_error(settings_class: type[BaseSettings], error: ValidationError) -
         message = item["msg"].removeprefix("Value error, ")
         problems.append(f"{env_name(settings_class, field)}: {message}{value}")
     return "invalid setting " + "; ".join(problems)
+
+
+def load_settings(settings_class: type[BaseSettings], **overrides: object) -> BaseSettings:
+    """Settings from env + flags (None: not given); a bad value raises SystemExit with a one-line message."""
+    try:
+        return settings_class(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        print(f"rlhf-loop: {describe_error(settings_class, error)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def settings_table() -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from learner.config import LORA_TARGET_MODULES
 from learner.dataset import FeedbackData, Pair, Pointwise
 from learner.reward_model import RefreshReport, RewardConfig, refresh
 
@@ -65,7 +66,7 @@ def sft_adapter(model_dir: Path, out: Path, examples: list[tuple[str, str]], *, 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+                           LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGET_MODULES))
     rows = []
     for prompt, answer in examples:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
