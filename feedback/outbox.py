@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from feedback.files import fsync_directory, write_atomic
+
 
 @dataclass(frozen=True, order=True)
 class Cursor:
@@ -176,13 +178,8 @@ class Outbox:
             os.fsync(stream.fileno())
 
     def _write_cursor(self, cursor: Cursor) -> None:
-        tmp = self.directory / "cursor.json.tmp"
-        tmp.write_text(json.dumps(
-            {"segment": cursor.segment, "offset": cursor.offset, "cluster_id": self.cluster_id}
-        ))
-        with open(tmp, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(tmp, self.directory / "cursor.json")
+        write_atomic(self.directory / "cursor.json",
+                     json.dumps({"segment": cursor.segment, "offset": cursor.offset, "cluster_id": self.cluster_id}))
         self.cursor = cursor
 
     def close(self) -> None:
@@ -222,8 +219,4 @@ class Outbox:
             count += len(records)
 
     def _fsync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)

@@ -40,6 +40,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
+from feedback.files import write_atomic
+
 
 class RegistryError(RuntimeError):
     """A refused registry action; the message says why and what would allow it."""
@@ -93,12 +95,7 @@ class Registry:
             with self.fs.open(path, "w") as stream:  # one PUT: readers see the old object or the new one
                 stream.write(text)
             return
-        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.tmp"
-        with open(tmp, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, text)
 
     # -- versions ----------------------------------------------------------------------------------
     def versions(self) -> list[str]:

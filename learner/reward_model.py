@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
+from feedback.files import write_atomic
 from learner.config import LORA_TARGET_MODULES, RewardConfig
 from learner.dataset import FeedbackData, Pair, Pointwise, as_messages
 
@@ -219,8 +220,7 @@ def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConf
         "train_pairs": len(train_pairs), "train_thumbs": len(train_thumbs), "history": history,
     }))
     staging.rename(root / version)
-    (root / ".current.tmp").write_text(version)
-    (root / ".current.tmp").rename(root / "CURRENT")
+    write_atomic(root / "CURRENT", version)
     with open(trained_log, "a") as out:
         out.writelines(f"{_example_key(e)}\n" for e in (*train_pairs, *train_thumbs) if _example_key(e) not in seen_before)
     log.info("reward_model.refreshed", version=version, heldout=scores, previous=previous)
