@@ -30,7 +30,7 @@ before the canary started: the same adapter's record, not a concurrent one, and 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, Literal
 
@@ -59,6 +59,15 @@ class LiveStats:
     duels: int = 0
     duel_wins: float = 0.0  # ties count half
 
+    def add_thumb(self, rating: str) -> None:
+        self.thumbs += 1
+        self.down += rating == "down"
+
+    def add_duel(self, choice: str, side: Literal["a", "b"]) -> None:
+        """One duel this version fought as `side`: a win counts 1, a tie half."""
+        self.duels += 1
+        self.duel_wins += 1.0 if choice == side else 0.5 if choice == "tie" else 0.0
+
     @property
     def up_rate(self) -> float:
         return (self.thumbs - self.down) / self.thumbs if self.thumbs else 0.0
@@ -76,52 +85,46 @@ class Decision:
     active: dict
 
 
-def live_stats(events: Iterable, canary: str, active: str | None) -> tuple[LiveStats, LiveStats]:
-    """Thumbs (latest per user and response) per version, and duels fought between the two."""
+def per_version(events: Iterable) -> dict[str | None, LiveStats]:
+    """Per version (None: the base model): thumbs, latest per user and response; and duels between two
+    different versions (`both_bad` orders nothing and is left out)."""
     events = list(events)
-    stats = {canary: latest_thumb_stats(events, canary), active: latest_thumb_stats(events, active)}
+    stats: dict[str | None, LiveStats] = {}
+    for thumb in latest_thumbs(events):
+        stats.setdefault(thumb.adapter_version, LiveStats()).add_thumb(thumb.rating)
     for duel in events:
-        if not isinstance(duel, PairwiseEvent) or duel.choice == "both_bad":
+        if (not isinstance(duel, PairwiseEvent) or duel.choice == "both_bad"
+                or duel.adapter_version_a == duel.adapter_version_b):
             continue
-        versions = (duel.adapter_version_a, duel.adapter_version_b)
-        if set(versions) != {canary, active}:
-            continue
-        canary_side = "a" if versions[0] == canary else "b"
-        stats[canary].duels += 1
-        stats[canary].duel_wins += 1.0 if duel.choice == canary_side else 0.5 if duel.choice == "tie" else 0.0
-    return stats[canary], stats[active]
+        for side, version in (("a", duel.adapter_version_a), ("b", duel.adapter_version_b)):
+            stats.setdefault(version, LiveStats()).add_duel(duel.choice, side)
+    return stats
+
+
+def live_stats(events: Iterable, canary: str, active: str | None) -> tuple[LiveStats, LiveStats]:
+    """The canary's and the active version's thumbs, and the canary's duels against the active version."""
+    events = list(events)
+    between = [e for e in events if not isinstance(e, PairwiseEvent)
+               or {e.adapter_version_a, e.adapter_version_b} == {canary, active}]
+    stats = per_version(between)
+    return stats.get(canary, LiveStats()), replace(stats.get(active, LiveStats()), duels=0, duel_wins=0.0)
 
 
 def latest_thumb_stats(events: Iterable, version: str | None) -> LiveStats:
     """Thumbs (latest per user and response) on one version (None: the base model)."""
-    stats = LiveStats()
-    for thumb in latest_thumbs(events):
-        if thumb.adapter_version == version:
-            stats.thumbs += 1
-            stats.down += thumb.rating == "down"
-    return stats
+    return per_version(e for e in events if not isinstance(e, PairwiseEvent)).get(version, LiveStats())
 
 
 def dashboard_stats(events: Iterable, now: datetime) -> dict:
     """What the operator dashboard plots: thumb-up rate and duel win rate per adapter ("base" for
     none; duels count only between different versions, ties half) and rated events per minute."""
     events = list(events)
-    adapters: dict[str, LiveStats] = {}
-    for thumb in latest_thumbs(events):
-        side = adapters.setdefault(thumb.adapter_version or "base", LiveStats())
-        side.thumbs += 1
-        side.down += thumb.rating == "down"
+    adapters = {version or "base": stats for version, stats in per_version(events).items()}
     volume: dict[str, dict] = {}
     for event in events:
         minute = event.occurred_at.replace(second=0, microsecond=0).isoformat()
         kind = "pairwise" if isinstance(event, PairwiseEvent) else "thumbs"
         volume.setdefault(minute, {"at": minute, "thumbs": 0, "pairwise": 0})[kind] += 1
-        if kind == "thumbs" or event.choice == "both_bad" or event.adapter_version_a == event.adapter_version_b:
-            continue
-        for side, version in (("a", event.adapter_version_a), ("b", event.adapter_version_b)):
-            stats = adapters.setdefault(version or "base", LiveStats())
-            stats.duels += 1
-            stats.duel_wins += 1.0 if event.choice == side else 0.5 if event.choice == "tie" else 0.0
     return {"updated_at": now.isoformat(), "volume": [volume[k] for k in sorted(volume)], "adapters": [
         {"version": version, "thumbs": s.thumbs, "up_rate": s.up_rate, "duels": s.duels,
          "duel_win_rate": s.duel_wins / s.duels if s.duels else None} for version, s in sorted(adapters.items())]}
