@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -141,3 +141,15 @@ def parse_event(raw: bytes) -> InteractionEvent | ThumbEvent | PairwiseEvent | F
         return _ANY_EVENT.validate_python(data)
     except ValidationError as error:
         raise ValueError(f"record does not match the event contract: {error.errors()[0]['msg']}") from None
+
+
+def latest_thumbs(events: Iterable[Event]) -> list[ThumbEvent]:
+    """The rule "a changed mind replaces, never doubles": one thumb per (user, response), the newest. For an anonymous thumb the answer itself is the
+    subject (its feedback token names it): a replayed or changed anonymous thumb replaces, never adds."""
+    newest: dict[tuple[str | None, str], ThumbEvent] = {}
+    for event in events:
+        if isinstance(event, ThumbEvent):
+            key = (event.user_id, event.response_id)
+            if key not in newest or event.occurred_at >= newest[key].occurred_at:
+                newest[key] = event
+    return list(newest.values())

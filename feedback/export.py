@@ -19,7 +19,8 @@ from typing import Iterable, Iterator, Literal
 import structlog
 from kafka import KafkaConsumer, TopicPartition
 
-from feedback.events import ForgetEvent, InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion, parse_event
+from feedback.events import (ForgetEvent, InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion,
+                             latest_thumbs, parse_event)
 
 log = structlog.get_logger(__name__)
 
@@ -86,18 +87,6 @@ def _parse(record) -> ExportedEvent | None:
     except (UnknownSchemaVersion, ValueError) as error:
         log.warning("export.skipped", topic=record.topic, offset=record.offset, reason=str(error))
         return None
-
-
-def latest_thumbs(events: Iterable[ExportedEvent]) -> list[ThumbEvent]:
-    """One thumb per (user, response): the newest. For an anonymous thumb the answer itself is the
-    subject (its feedback token names it): a replayed or changed anonymous thumb replaces, never adds."""
-    newest: dict[tuple[str | None, str], ThumbEvent] = {}
-    for event in events:
-        if isinstance(event, ThumbEvent):
-            key = (event.user_id, event.response_id)
-            if key not in newest or event.occurred_at >= newest[key].occurred_at:
-                newest[key] = event
-    return list(newest.values())
 
 
 def write(events: Iterable[ExportedEvent], path: Path, fmt: Literal["jsonl", "parquet"]) -> int:

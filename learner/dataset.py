@@ -21,8 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent
-from feedback.export import latest_thumbs
+from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, latest_thumbs
 from learner.ingest import EventStore
 
 

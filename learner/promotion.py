@@ -36,8 +36,7 @@ from typing import Callable, Iterable, Literal
 
 import structlog
 
-from feedback.events import InteractionEvent, PairwiseEvent
-from feedback.export import latest_thumbs
+from feedback.events import InteractionEvent, PairwiseEvent, latest_thumbs
 from learner.degeneration import degeneration, shares
 from learner.stats import wilson
 from learner.registry import Conflict, Registry
