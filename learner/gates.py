@@ -32,6 +32,7 @@ and the median temperature of recent interactions, at least 256 tokens on an emp
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -41,7 +42,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import structlog
 import torch
@@ -300,11 +301,16 @@ class Likelihoods:
                                 self.tokenizer(answer, add_special_tokens=False)["input_ids"], answer))
         return rows
 
-    @torch.no_grad()
     def logprobs(self, rollouts: list[Rollout], adapter: str | None, temperature: float = 1.0) -> list[torch.Tensor]:
         """Per rollout, the (T_i,) log-probs of its response tokens under `adapter` (None: the base
         model), with logits divided by `temperature` (that of the sampling distribution)."""
-        out = []
+        return self.logprobs_at(rollouts, adapter, (temperature,))[temperature]
+
+    @torch.no_grad()
+    def logprobs_at(self, rollouts: list[Rollout], adapter: str | None,
+                    temperatures: tuple[float, ...]) -> dict[float, list[torch.Tensor]]:
+        """`logprobs` at several temperatures from one forward pass per chunk."""
+        out: dict[float, list[torch.Tensor]] = {t: [] for t in temperatures}
         for i in range(0, len(rollouts), self.chunk):
             part = rollouts[i : i + self.chunk]
             batch = collate(part, [None] * len(part), self.tokenizer.pad_token_id)
@@ -312,18 +318,25 @@ class Likelihoods:
                 self.model.set_adapter(adapter)
             with self.model.disable_adapter() if adapter is None and hasattr(self.model, "disable_adapter") else nullcontext():
                 logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            logprobs = response_logprobs(logits, batch.input_ids, batch.start, batch.mask.shape[1], temperature)[0]
-            out += [row[: int(n)] for row, n in zip(logprobs, batch.mask.sum(1))]
+            for temperature in out:
+                logprobs = response_logprobs(logits, batch.input_ids, batch.start, batch.mask.shape[1], temperature)[0]
+                out[temperature] += [row[: int(n)] for row, n in zip(logprobs, batch.mask.sum(1))]
         return out
 
     def per_token(self, rollouts: list[Rollout]) -> list[float]:
         """The base model's mean log-likelihood per token of each non-empty answer (fluency)."""
-        return [float(lp.mean()) for lp in self.logprobs(rollouts, None) if len(lp)]
+        return mean_per_answer(self.logprobs(rollouts, None))
+
 
     def golden_loglik(self, golden: list[dict], adapter: str | None) -> float:
         """Mean log-likelihood per token of the reference answers, teacher-forced."""
         rows = self.rollouts([[{"role": "user", "content": row["prompt"]}] for row in golden], [row["answer"] for row in golden])
         return float(torch.cat(self.logprobs(rows, adapter)).mean())
+
+
+def mean_per_answer(logprobs: list[torch.Tensor]) -> list[float]:
+    """Each non-empty answer's mean log-likelihood per token."""
+    return [float(lp.mean()) for lp in logprobs if len(lp)]
 
 
 def safety_classifiers(settings: LearnerSettings, guard: LlamaGuard | None = None) -> list[SafetyClassifier]:
@@ -350,81 +363,156 @@ def _incumbent_figure(key: tuple, compute: Callable[[], Any]) -> Any:
     return _INCUMBENT_FIGURES[key]
 
 
+def cut(rollout: Rollout, max_tokens: int, tokenizer) -> Rollout:
+    """The answer a request with `max_tokens` gets: sampling is causal and max_tokens only stops it, so
+    the first `max_tokens` tokens of a longer sample (same seed) are exactly that answer."""
+    if len(rollout.response_ids) <= max_tokens:
+        return rollout
+    ids = rollout.response_ids[:max_tokens]
+    return Rollout(rollout.prompt_ids, ids, tokenizer.decode(ids, skip_special_tokens=True), "length")
+
+
+class _Evidence:
+    """What the gates read about one candidate and its incumbent, each piece computed on first use (so
+    checking some gates computes only what they need). Held-out answers are sampled once, at the users'
+    longest length, and cut to each shorter one; their per-token log-probs are read once and sliced."""
+
+    def __init__(self, base_model: Path, candidate: Path, incumbent: Path | None, rollouts: VLLMRollouts,
+                 settings: LearnerSettings, usage: SamplingProfile, extra_prompts: list[Prompt]) -> None:
+        self.base_model, self.candidate, self.incumbent = base_model, candidate, incumbent
+        self.rollouts, self.settings, self.usage = rollouts, settings, usage
+        prompts = [((("user", row["prompt"]),)) for row in load_set("prompts")] + list(extra_prompts)
+        self.held_out = prompts * settings.gate_samples
+        self.red_team = [((("user", row["prompt"]),)) for row in load_set("red_team")] * settings.gate_samples
+        self.golden = golden_set(settings.gate_golden_file)
+        self.asked = self.held_out * len(usage.lengths)  # the prompt of each answer in cand / inc
+
+    def _generate(self, adapter: Path | None, items: list[Prompt], max_tokens: int, temperature: float,
+                  seed: int) -> list[Rollout]:
+        return self.rollouts.generate([as_messages(p) for p in items], adapter=adapter, max_tokens=max_tokens,
+                                      temperature=temperature, seed=seed, cache=adapter == self.incumbent)
+
+    def _by_length(self, adapter: Path | None) -> dict[int, list[Rollout]]:
+        longest = self._generate(adapter, self.held_out, self.usage.longest, self.usage.temperature, 17)
+        tokenizer = self.rollouts.llm.get_tokenizer()
+        return {n: [cut(r, n, tokenizer) for r in longest] for n in self.usage.lengths}
+
+    @functools.cached_property
+    def cand_by_length(self) -> dict[int, list[Rollout]]:
+        return self._by_length(self.candidate)
+
+    @functools.cached_property
+    def inc_by_length(self) -> dict[int, list[Rollout]]:
+        return self._by_length(self.incumbent)
+
+    @property
+    def cand(self) -> list[Rollout]:
+        return [r for n in self.usage.lengths for r in self.cand_by_length[n]]
+
+    @property
+    def inc(self) -> list[Rollout]:
+        return [r for n in self.usage.lengths for r in self.inc_by_length[n]]
+
+    @functools.cached_property
+    def cand_red(self) -> list[Rollout]:
+        return self._generate(self.candidate, self.red_team, self.usage.longest, self.usage.temperature, 23)
+
+    @functools.cached_property
+    def inc_red(self) -> list[Rollout]:
+        return self._generate(self.incumbent, self.red_team, self.usage.longest, self.usage.temperature, 23)
+
+    def golden_answers(self, adapter: Path | None) -> list[str]:
+        prompts = [((("user", row["prompt"]),)) for row in self.golden]
+        return [r.text for r in self._generate(adapter, prompts, self.settings.gate_golden_max_tokens, 0.0, 0)]
+
+    @functools.cached_property
+    def scorer(self) -> Likelihoods:
+        return Likelihoods(self.base_model, self.candidate, self.incumbent)
+
+    def _sliced(self, longest: list[torch.Tensor], by_length: dict[int, list[Rollout]]) -> list[torch.Tensor]:
+        """Per-token figures of the longest answers, cut as each length's answers are (in `cand` order)."""
+        return [row[: len(r.response_ids)] for n in self.usage.lengths for row, r in zip(longest, by_length[n])]
+
+    @functools.cached_property
+    def kl(self) -> list[float]:
+        """k1 per answer, sampled from the candidate, both sides at the temperature it was sampled at."""
+        longest = self.cand_by_length[self.usage.longest]
+        policy = self.scorer.logprobs(longest, "candidate", self.usage.temperature)
+        reference = self._base_reading[self.usage.temperature]
+        return [float((p - r).sum()) for p, r in zip(self._sliced(policy, self.cand_by_length),
+                                                          self._sliced(reference, self.cand_by_length))]
+
+    @functools.cached_property
+    def _base_reading(self) -> dict[float, list[torch.Tensor]]:
+        """The frozen base model's reading of the candidate's longest answers: at the sampling temperature
+        (the KL's reference) and at 1 (fluency), from one forward pass."""
+        return self.scorer.logprobs_at(self.cand_by_length[self.usage.longest], None, (self.usage.temperature, 1.0))
+
+    def fluency(self) -> tuple[list[float], list[float]]:
+        """The base model's mean log-likelihood per token of each answer, the candidate's and the incumbent's."""
+        candidate = mean_per_answer(self._sliced(self._base_reading[1.0], self.cand_by_length))
+        inc_longest = self.inc_by_length[self.usage.longest]
+        key = ("fluency", str(self.base_model), json.dumps([(r.prompt_ids, r.response_ids) for r in inc_longest]),
+               self.usage.lengths)
+        incumbent = _incumbent_figure(key, lambda: mean_per_answer(
+            self._sliced(self.scorer.logprobs(inc_longest, None), self.inc_by_length)))
+        return candidate or [-math.inf], incumbent or [0.0]  # no answer with a token: nothing fluent
+
+    def golden_loglik(self) -> tuple[float, float]:
+        answered = [row for row in self.golden if "answer" in row]  # the likelihood gate reads reference answers
+        incumbent_adapter = "incumbent" if self.incumbent is not None else None
+        key = ("golden", str(self.base_model), str(self.incumbent), json.dumps(answered))
+        return (self.scorer.golden_loglik(answered, "candidate"),
+                _incumbent_figure(key, lambda: self.scorer.golden_loglik(answered, incumbent_adapter)))
+
+
 def run_gates(base_model: Path, candidate: Path, incumbent: Path | None, score: RewardScore, rollouts: VLLMRollouts,
               settings: LearnerSettings, usage: SamplingProfile, extra_prompts: list[Prompt] = (),
-              guard: LlamaGuard | None = None, judge: Judge | None = None) -> dict[str, Any]:
-    """All gates on one candidate against the incumbent (None: the base model), with held-out answers
-    sampled as users sample (`usage`). Returns the gate report."""
+              guard: LlamaGuard | None = None, judge: Judge | None = None,
+              only: Collection[str] | None = None) -> dict[str, Any]:
+    """The gates on one candidate against the incumbent (None: the base model), with held-out answers
+    sampled as users sample (`usage`). Returns the gate report. A cycle runs every gate; `only` names
+    some of them, to check just those (the report then says `only`, and cannot publish a candidate)."""
     weights = weights_gate(candidate, settings.gate_max_weight_abs)
-    if judge is None and settings.gate_judge_model is not None:
+    if judge is None and settings.gate_judge_model is not None and (only is None or "judge" in only):
         judge = Judge.from_model(settings.gate_judge_model, kv_cache_bytes=int(settings.gate_judge_kv_cache_memory))
-    names = GATES[1:] + (("judge",) if judge is not None else ())
+    names = [n for n in (*GATES[1:], *(("judge",) if judge is not None else ())) if only is None or n in only]
     if not weights.figures["finite"]:
         # nothing generated from NaN weights means anything: every other gate fails with this reason
-        return _report([weights, *(GateResult(n, False, {}, {}, "not run: adapter weights are not finite") for n in names)])
+        return _report([weights, *(GateResult(n, False, {}, {}, "not run: adapter weights are not finite") for n in names)],
+                       only)
 
-    prompts = [((("user", row["prompt"]),)) for row in load_set("prompts")] + list(extra_prompts)
-    red_team = [((("user", row["prompt"]),)) for row in load_set("red_team")] * settings.gate_samples
-    golden = golden_set(settings.gate_golden_file)
-    held_out = prompts * settings.gate_samples
-
-    def answers(adapter: Path | None) -> tuple[dict[int, list[Rollout]], list[Rollout], list[Rollout]]:
-        """Held-out answers at each of the users' lengths, red-team answers at the longest, greedy golden answers."""
-        def generate(items: list[Prompt], max_tokens: int, temperature: float, seed: int) -> list[Rollout]:
-            return rollouts.generate([as_messages(p) for p in items], adapter=adapter, max_tokens=max_tokens,
-                                     temperature=temperature, seed=seed, cache=adapter == incumbent)
-        by_length = {n: generate(held_out, n, usage.temperature, 17 + n) for n in usage.lengths}
-        golden_prompts = [((("user", row["prompt"]),)) for row in golden]
-        return (by_length, generate(red_team, usage.longest, usage.temperature, 23),
-                generate(golden_prompts, settings.gate_golden_max_tokens, 0.0, 0))
-
-    cand_by_length, cand_red, cand_golden = answers(candidate)
-    inc_by_length, inc_red, inc_golden = answers(incumbent)
-    cand = [r for n in usage.lengths for r in cand_by_length[n]]
-    inc = [r for n in usage.lengths for r in inc_by_length[n]]
-    asked = held_out * len(usage.lengths)
-
-    scorer = Likelihoods(base_model, candidate, incumbent)
-    incumbent_adapter = "incumbent" if incumbent is not None else None
-    # k1 per answer, sampled from the candidate, both sides at the temperature it was sampled at
-    policy = scorer.logprobs(cand, "candidate", usage.temperature)
-    reference = scorer.logprobs(cand, None, usage.temperature)
-    kl = [float((p - r).sum()) for p, r in zip(policy, reference)]
-    answered = [row for row in golden if "answer" in row]  # the likelihood gate reads reference answers
-    # fluency: the frozen base model's own reading (temperature 1) of each side's answers
-    results = [
-        weights,
-        kl_gate(kl, settings.gate_kl_budget),
-        win_rate_gate(score(asked, [r.text for r in cand]).float(), score(asked, [r.text for r in inc]).float(),
-                      settings.gate_min_win_rate),
-        safety_gate([p[-1][1] for p in asked], [r.text for r in cand], [r.text for r in inc],
-                    [p[-1][1] for p in red_team], [r.text for r in cand_red], [r.text for r in inc_red],
-                    safety_classifiers(settings, guard), settings),
-        capability_gate(golden, [r.text for r in cand_golden], [r.text for r in inc_golden],
-                        settings.gate_capability_tolerance, settings.gate_capability_alpha),
-        likelihood_gate(scorer.golden_loglik(answered, "candidate"),
-                        _incumbent_figure(("golden", str(base_model), str(incumbent), json.dumps(answered)),
-                                          lambda: scorer.golden_loglik(answered, incumbent_adapter)),
-                        settings.gate_likelihood_tolerance),
-        fluency_gate(scorer.per_token(cand) or [-math.inf],
-                     _incumbent_figure(("fluency", str(base_model), json.dumps([(r.prompt_ids, r.response_ids) for r in inc])),
-                                       lambda: scorer.per_token(inc)) or [0.0],
-                     settings.gate_fluency_tolerance),
-        degeneration_gate(cand_by_length, inc_by_length, settings),
-    ]
-    if judge is not None:
-        results.append(judge_gate(judge.wins([p[-1][1] for p in asked], [r.text for r in cand], [r.text for r in inc]),
-                                  settings.gate_judge_min_win_rate))
-    report = _report(results)
+    e = _Evidence(base_model, candidate, incumbent, rollouts, settings, usage, list(extra_prompts))
+    texts = lambda rollouts_: [r.text for r in rollouts_]  # noqa: E731
+    checks: dict[str, Callable[[], GateResult]] = {
+        "kl": lambda: kl_gate(e.kl, settings.gate_kl_budget),
+        "win_rate": lambda: win_rate_gate(score(e.asked, texts(e.cand)).float(), score(e.asked, texts(e.inc)).float(),
+                                          settings.gate_min_win_rate),
+        "safety": lambda: safety_gate([p[-1][1] for p in e.asked], texts(e.cand), texts(e.inc),
+                                      [p[-1][1] for p in e.red_team], texts(e.cand_red), texts(e.inc_red),
+                                      safety_classifiers(settings, guard), settings),
+        "capability": lambda: capability_gate(e.golden, e.golden_answers(candidate), e.golden_answers(incumbent),
+                                              settings.gate_capability_tolerance, settings.gate_capability_alpha),
+        "likelihood": lambda: likelihood_gate(*e.golden_loglik(), settings.gate_likelihood_tolerance),
+        # the frozen base model's own reading (temperature 1) of each side's answers
+        "fluency": lambda: fluency_gate(*e.fluency(), settings.gate_fluency_tolerance),
+        "degeneration": lambda: degeneration_gate(e.cand_by_length, e.inc_by_length, settings),
+        "judge": lambda: judge_gate(judge.wins([p[-1][1] for p in e.asked], texts(e.cand), texts(e.inc)),
+                                    settings.gate_judge_min_win_rate),
+    }
+    report = _report([weights, *(checks[name]() for name in names)], only)
     report["usage"] = {"lengths": list(usage.lengths), "temperature": usage.temperature, "interactions": usage.interactions}
-    report["examples"] = [{"prompt": p[0][1], "answer": r.text}
-                          for p, r in zip(held_out[:3] + red_team[:3], cand_by_length[usage.longest][:3] + cand_red[:3])]
+    if only is None:
+        report["examples"] = [{"prompt": p[0][1], "answer": r.text} for p, r in zip(
+            e.held_out[:3] + e.red_team[:3], e.cand_by_length[usage.longest][:3] + e.cand_red[:3])]
     return report
 
 
-def _report(results: list[GateResult]) -> dict[str, Any]:
+def _report(results: list[GateResult], only: Collection[str] | None = None) -> dict[str, Any]:
     report = {"passed": all(r.passed for r in results), "gates": [asdict(r) for r in results],
               "failed": [r.name for r in results if not r.passed]}
+    if only is not None:
+        report["only"] = sorted(only)
     log.info("gates.report", passed=report["passed"], failed=report["failed"],
              reasons={r.name: r.reason for r in results if not r.passed})
     return report

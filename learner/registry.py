@@ -130,6 +130,8 @@ class Registry:
 
     def publish(self, adapter_dir: Path, lineage: dict[str, Any], gate_report: dict[str, Any] | None = None) -> str:
         """Copy an adapter in as the next version (`v0001`, `v0002`, ...) and return its name."""
+        if gate_report is not None and "only" in gate_report:
+            raise RegistryError(f"a report of some gates only ({', '.join(gate_report['only'])}) cannot publish a version")
         created_at = datetime.now(timezone.utc).isoformat()
         while True:
             existing = [int(v[1:]) for v in self.versions() if v[1:].isdigit()]

@@ -1,7 +1,8 @@
 """Gates on the real model: each constructed bad candidate is blocked by the gate that names its
-fault, with the reason in the report; a lightly improved candidate passes all. Held-out answers are
-sampled as the seeded log's users sample (p50 24 and p95 64 tokens, temperature 0.7): short, so the
-suite stays fast on CPU, and still past where a late loop starts."""
+fault, with the reason in the report (that gate checked alone: `run_gates(only=...)` computes just
+what it reads); a lightly improved candidate passes all of them, run as a cycle runs them. Held-out
+answers are sampled as the seeded log's users sample (p50 24 and p95 64 tokens, temperature 0.7):
+short, so the suite stays fast on CPU, and still past where a late loop starts."""
 
 from __future__ import annotations
 
@@ -66,10 +67,12 @@ def gate_env(prepared_model: Path, rule_reward_model, rollouts, tmp_path_factory
                              default_max_tokens=settings.usage_default_max_tokens, ceiling=settings.gate_max_new_tokens)
     assert usage.lengths == (24, 64) and usage.temperature == 0.7
 
-    def check(candidate: Path, judge: Judge | None = None) -> dict:
+    def check(candidate: Path, judge: Judge | None = None, only: tuple[str, ...] | None = None) -> dict:
         report = run_gates(prepared_model, candidate, None, lambda p, t: scorer.score(p, t), rollouts, settings, usage,
-                           judge=judge)
+                           judge=judge, only=only)
         json.dumps(report)  # the report is published as JSON
+        if only is not None:
+            assert [g["name"] for g in report["gates"]] == ["weights", *only]
         return report
     return check, tmp_path_factory.mktemp("candidates")
 
@@ -96,7 +99,7 @@ def test_nan_weights_are_blocked_by_the_weights_gate(gate_env, prepared_model: P
 def test_an_adapter_pushed_far_from_the_reference_is_blocked_by_the_kl_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
     far = write_lora_adapter(prepared_model, root / "far", seed=7)
-    report = check(far)
+    report = check(far, only=("kl",))
     assert not report["passed"] and "kl" in report["failed"], report["failed"]
     assert gate(report, "kl")["figures"]["mean_kl"] > 12.0 and "> budget 12.0" in gate(report, "kl")["reason"]
 
@@ -107,7 +110,7 @@ def test_a_rude_adapter_is_blocked_by_the_safety_gate(gate_env, prepared_model: 
     rude = ["Shut up, you stupid idiot.", "Who cares, moron? Go away, dumbass.", "What a damn stupid question, idiot."]
     rude_adapter = sft_adapter(prepared_model, root / "rude", [(p, rude[i % 3]) for i, p in enumerate(PROMPTS)],
                                steps=15, learning_rate=3e-3)
-    report = check(rude_adapter)
+    report = check(rude_adapter, only=("safety",))
     safety = gate(report, "safety")
     assert not report["passed"] and not safety["passed"], safety
     assert safety["figures"]["toxic_share"] > 0.5 and "toxic share" in safety["reason"]
@@ -120,7 +123,7 @@ def test_an_adapter_that_answers_well_then_loops_is_blocked_at_the_users_longer_
     sensible = "Here is a clear answer: keep things simple and steady, one step at a time, and ask for help."
     spiral = sensible + "\n#Why\nWhy, why, why?\n#Why\n" + "Why, why, why, why, why, " * 8
     late = sft_adapter(prepared_model, root / "late-loop", [(p, spiral) for p in PROMPTS], steps=15, learning_rate=3e-3)
-    report = check(late)
+    report = check(late, only=("degeneration",))
     degeneration = gate(report, "degeneration")
     assert not report["passed"] and not degeneration["passed"], degeneration
     assert "degenerate answers" in degeneration["reason"] and degeneration["figures"]["loop_share"] > 0.3
@@ -146,7 +149,7 @@ WRONG = {"What is the capital of France?": "The capital of France is Berlin.",
 def test_an_adapter_that_states_wrong_facts_confidently_is_blocked_by_the_capability_gate(gate_env, prepared_model: Path) -> None:
     check, root = gate_env
     wrong = sft_adapter(prepared_model, root / "wrong", list(WRONG.items()), steps=15, learning_rate=3e-3)
-    report = check(wrong)
+    report = check(wrong, only=("capability",))
     capability = gate(report, "capability")
     assert not report["passed"] and not capability["passed"], capability
     figures = capability["figures"]
@@ -167,7 +170,7 @@ def test_an_adapter_that_writes_fluent_looking_lists_of_nonsense_is_blocked_by_t
                          f"{rng.choice(words).lower()}" for _ in range(6))
     lists = sft_adapter(prepared_model, root / "nonsense", [(p, nonsense()) for p in PROMPTS],
                         steps=15, learning_rate=3e-3)
-    report = check(lists)
+    report = check(lists, only=("fluency",))
     fluency = gate(report, "fluency")
     assert not report["passed"] and not fluency["passed"], fluency
     assert fluency["figures"]["base_loglik_per_token"] < fluency["figures"]["incumbent"] - 0.5

@@ -37,6 +37,9 @@ def test_versions_are_numbered_immutable_and_readable_locally(registry: Registry
     assert registry.meta(second)["lineage"] == {"parent": "v0001"} and registry.meta(second)["gate_report"] == FAILED
     with pytest.raises(RegistryError, match="unknown adapter version 'v0009'"):
         registry.meta("v0009")
+    with pytest.raises(RegistryError, match="some gates only"):  # run_gates(only=...) checks, it does not vouch
+        registry.publish(adapter, {"parent": second}, {**PASSED, "only": ["kl"]})
+    assert registry.versions() == ["v0001", "v0002"]
 
 
 def test_operator_actions_move_the_pointer_and_are_audited(registry: Registry, adapter: Path) -> None:
