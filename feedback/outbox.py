@@ -1,8 +1,10 @@
 """An on-disk, append-only log of accepted events: what makes "accepted" mean "will reach Kafka".
 
 Segments of JSON lines, fsynced before an append returns; a cursor file (written atomically)
-marks how far delivery to Kafka has been acknowledged. Replaying from the cursor after a crash
-may send a record twice; consumers deduplicate by event id, so that is harmless.
+marks how far delivery to Kafka has been acknowledged. It is written at most every `cursor_every_s`
+(and on close), not per acknowledged batch: its fsyncs would compete with the appends' on the same
+disk. Replaying from the cursor after a crash may send a record twice (up to that interval's worth);
+consumers deduplicate by event id, so that is harmless.
 
 Its disk may fill or fail. An append that fails (ENOSPC, EIO) raises and is cut back to the last
 whole record, so nothing half-written stays behind the records that follow; should even the cut
@@ -59,10 +61,13 @@ class OutboxLocked(RuntimeError):
 class Outbox:
     """Single writer, single reader (the sender thread); both may run in different threads."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = 16 * 1024 * 1024, retention_s: float = 24 * 3600) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int = 16 * 1024 * 1024, retention_s: float = 24 * 3600,
+                 cursor_every_s: float = 0.5) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.retention_s = retention_s
+        self.cursor_every_s = cursor_every_s
+        self._cursor_written_at = 0.0
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = open(directory / "LOCK", "w")
         try:
@@ -148,11 +153,15 @@ class Outbox:
         return records, Cursor(segment, offset)
 
     def ack(self, cursor: Cursor, delivered: int, cluster_id: str | None) -> None:
-        """Everything before `cursor` is in Kafka cluster `cluster_id`: persist that, and drop
-        delivered segments older than the retention."""
+        """Everything before `cursor` is in Kafka cluster `cluster_id`: persist that (at most every
+        `cursor_every_s`), and drop delivered segments older than the retention."""
+        changed = cluster_id != self.cluster_id
         self.cluster_id = cluster_id
-        self._write_cursor(cursor)
         self._count(-delivered)
+        if not changed and time.monotonic() - self._cursor_written_at < self.cursor_every_s:
+            self.cursor = cursor  # in memory; on disk with the next write (a crash re-sends from the older one)
+            return
+        self._write_cursor(cursor)
         horizon = time.time() - self.retention_s
         for segment in self._segments():
             if segment < cursor.segment and self._path(segment).stat().st_mtime < horizon:
@@ -181,8 +190,13 @@ class Outbox:
         write_atomic(self.directory / "cursor.json",
                      json.dumps({"segment": cursor.segment, "offset": cursor.offset, "cluster_id": self.cluster_id}))
         self.cursor = cursor
+        self._cursor_written_at = time.monotonic()
 
     def close(self) -> None:
+        try:
+            self._write_cursor(self.cursor)  # what was delivered since the last write
+        except OSError:  # a failing disk: the older cursor stands, and its records are sent again
+            pass
         self._file.close()
         self._lock.close()
 

@@ -63,6 +63,7 @@ class DurableProducer:
         delivery_timeout_s: float = 10.0,
         retention_s: float = 24 * 3600,
         broker_check_s: float = 5.0,
+        linger_s: float = 0.05,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         # login and TLS of every client (RuntimeSettings.kafka_client()); the brokers are `bootstrap_servers`
@@ -77,6 +78,7 @@ class DurableProducer:
         self.batch_size = batch_size
         self.retry_backoff_s = retry_backoff_s
         self.delivery_timeout_s = delivery_timeout_s
+        self.linger_s = linger_s
         self._queue: queue.Queue[tuple[list[OutboxRecord], Future[None]] | None] = queue.Queue()
         self._gathering: list[tuple[OutboxRecord, asyncio.Future[None]]] = []  # persist()'s events of this loop turn
         self._wake_sender = threading.Event()
@@ -222,6 +224,11 @@ class DurableProducer:
                 self._wake_sender.wait(0.5)
                 self._wake_sender.clear()
                 continue
+            if len(records) < self.batch_size and self.linger_s > 0 and not self._stop.is_set():
+                # as Kafka's linger.ms: under load, wait a moment so one send carries many records (fewer
+                # round trips and wake-ups for this thread, which shares the GIL with the request path)
+                self._stop.wait(self.linger_s)
+                records, after = self.outbox.read(self.outbox.cursor, self.batch_size)
             try:
                 refused = self._deliver([r for r in records if not r.corrupt])
                 refused += [(r, "corrupt outbox line (not a whole record)") for r in records if r.corrupt]
@@ -249,14 +256,14 @@ class DurableProducer:
         a replay is harmless where data did survive. Returns False when the broker did not answer."""
         self._checked_at = time.monotonic()
         try:
-            if self._probe is None:
-                self._probe = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
-                                               client_id=f"rlhf-outbox-probe-{self.name}", **self._client)
+            self._probe = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+                                           client_id=f"rlhf-outbox-probe-{self.name}", **self._client)
             self._cluster_id = self._probe.describe_cluster()["cluster_id"]
         except (KafkaError, OSError) as error:
             log.info("outbox.broker_check_failed", outbox=self.name, error=repr(error))
-            self._close_probe()
             return False
+        finally:  # not kept open between checks: an idle admin client's I/O thread still takes the GIL
+            self._close_probe()
         if self.outbox.cluster_id is not None and self._cluster_id != self.outbox.cluster_id:
             again = self.outbox.rewind()
             REPLAYS.labels(self.name).inc()

@@ -8,6 +8,7 @@ says when chat can be served.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -61,6 +62,9 @@ async def _engine_task(app: FastAPI, settings: ServingSettings, start_engine: En
             settings.interactions_topic, settings.redact,
         )
         app.state.router = router
+        # the engine, the model and the libraries are millions of long-lived objects: out of the collector's
+        # sight, a full collection walks only what requests allocate (pauses of ~0.4 s under load otherwise)
+        gc.freeze()
         app.state.ready = True
         ENGINE_READY.set(1)
         log.info("engine.ready", model=str(settings.model_dir), served_model_name=settings.served_model_name)

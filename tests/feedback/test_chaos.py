@@ -67,6 +67,32 @@ def test_oversized_requests_are_refused_with_a_4xx_and_the_next_chat_still_reach
 
 
 # -- the outbox survives its disk ------------------------------------------------------------------
+def test_the_cursor_is_written_at_intervals_and_on_close_and_a_crash_only_resends(tmp_path: Path) -> None:
+    """Acknowledgements move the cursor in memory and on disk at most every cursor_every_s (its fsyncs
+    would compete with the appends'); close writes the last one; a crash before it re-sends, loses nothing."""
+    from feedback.outbox import Cursor
+
+    def record(i: int) -> OutboxRecord:
+        return OutboxRecord("t", b"k", json.dumps({"event_id": f"e{i}"}).encode(), 0.0)
+
+    outbox = Outbox(tmp_path / "o", cursor_every_s=3600)
+    outbox.append([record(i) for i in range(10)])
+    first, after_first = outbox.read(outbox.cursor, 4)
+    outbox.ack(after_first, 4, "cluster-a")  # a new cluster id: written at once
+    _, after_second = outbox.read(after_first, 4)
+    outbox.ack(after_second, 4, "cluster-a")  # within the interval: in memory only
+    on_disk = json.loads((tmp_path / "o" / "cursor.json").read_text())
+    assert Cursor(on_disk["segment"], on_disk["offset"]) == after_first and outbox.pending == 2
+    outbox.close()  # no close here would be a crash: reopening below shows what a crash would do
+    reopened = Outbox(tmp_path / "o", cursor_every_s=3600)
+    assert reopened.cursor == after_second and reopened.pending == 2
+    reopened.close()
+    (tmp_path / "o" / "cursor.json").write_text(json.dumps({**on_disk}))  # as if it crashed before close
+    crashed = Outbox(tmp_path / "o")
+    assert crashed.cursor == after_first and crashed.pending == 6  # 4 delivered records go again: dedup by id
+    crashed.close()
+
+
 def test_persist_group_commits_one_loop_turn_and_a_failed_write_fails_every_waiter(broker: EmbeddedBroker,
                                                                                   tmp_path: Path, monkeypatch) -> None:
     """persist(): 300 events awaited together are written in a handful of fsyncs, each is in the outbox
