@@ -49,9 +49,12 @@ def test_model_directory_without_config_is_rejected(tmp_path: Path) -> None:
     assert "no readable config.json" in result.stderr.strip()
 
 
-def test_busy_chat_port_is_a_one_line_error(tmp_path: Path, prepared_model: Path) -> None:
+def test_busy_chat_port_is_a_one_line_error(tmp_path: Path) -> None:
     import socket
 
+    prepared_model = tmp_path / "model"  # refused before any model is read: a directory with a config will do
+    prepared_model.mkdir()
+    (prepared_model / "config.json").write_text("{}")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
