@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,16 +45,27 @@ def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datet
     yield from (event for event in kept if event.user_id is None or event.user_id not in forgotten)
 
 
-def _read(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None, until: datetime | None,
-          kinds: set[str], client_config: dict) -> Iterator[ExportedEvent | ForgetEvent]:
-    login = {k: v for k, v in client_config.items() if k != "bootstrap_servers"}
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, client_id="rlhf-export", **login)
+@contextmanager
+def from_the_start(bootstrap_servers: list[str], topics: list[str], *, client_id: str = "rlhf-export",
+                   client_config: dict | None = None) -> Iterator[tuple[KafkaConsumer, list[TopicPartition]]]:
+    """A consumer on every partition of `topics`, at the beginning (assigned: no group, no commits)."""
+    login = {k: v for k, v in (client_config or {}).items() if k != "bootstrap_servers"}
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, client_id=client_id, **login)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if partitions:
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+        yield consumer, partitions
+    finally:
+        consumer.close()
+
+
+def _read(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None, until: datetime | None,
+          kinds: set[str], client_config: dict) -> Iterator[ExportedEvent | ForgetEvent]:
+    with from_the_start(bootstrap_servers, topics, client_config=client_config) as (consumer, partitions):
         if not partitions:
             return
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
         started_ms = time.time() * 1000
         ends = consumer.end_offsets(partitions)
         seen: set[str] = set()
@@ -77,8 +89,6 @@ def _read(bootstrap_servers: list[str], topics: list[str], *, since: datetime | 
             active = [tp for tp in partitions if tp not in consumer.paused()]
             if not active or (not batches and all(consumer.position(tp) >= ends[tp] for tp in active)):
                 return
-    finally:
-        consumer.close()
 
 
 def _parse(record) -> ExportedEvent | None:

@@ -6,9 +6,7 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import httpx
 from rich.progress import Progress
 
-from tests.conftest import wait_for
+from tests.helpers import Process
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
@@ -73,23 +71,7 @@ async def chat_load(base_url: str, bodies: list[dict], concurrency: int, label: 
     )
 
 
-class Server:
-    """A server command in its own process group, stopped with SIGTERM then SIGKILL."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.process = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, url: str, timeout_s: float = 600) -> None:
-        wait_for(url, self.process, timeout_s)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+Server = Process  # benchmarks' servers: `vllm serve`, `python -m serving`
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -31,7 +31,7 @@ from rlhf_loop.model import prepare
 from serving.settings import ServingSettings
 from serving.tokens import TokenSigner, prompt_hash
 from tests.bench.common import Server, write_result
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 SCRIPT = Path(__file__).with_suffix(".lua")
 
@@ -87,7 +87,7 @@ def main() -> int:
         server = Server([sys.executable, "-m", args.server], env, home / "serving.log")
         url = f"http://127.0.0.1:{port}"
         try:
-            server.wait_ready(f"{url}/readyz")  # the engine idle, not starting, while we measure
+            server.wait_answering(f"{url}/readyz")  # the engine idle, not starting, while we measure
             wrk(url, tokens, 3, args.concurrency)  # warm-up
             run = wrk(url, tokens, args.seconds, args.concurrency)
             started = time.perf_counter()

@@ -52,7 +52,7 @@ from rlhf_loop.model import prepare  # noqa: E402
 from serving.engine import engine_cli_args  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
 from tests.bench.common import Server, percentile, write_result  # noqa: E402
-from tests.conftest import free_port, write_lora_adapter  # noqa: E402
+from tests.helpers import free_port, write_lora_adapter  # noqa: E402
 
 ADMIN_TOKEN = "bench-operator-token"
 PASSED = {"passed": True, "gates": []}
@@ -311,7 +311,7 @@ def main() -> int:
                                      home / "peer.log")
         try:
             started = time.perf_counter()
-            servers["ours"].wait_ready(ours.base_url + "/readyz")
+            servers["ours"].wait_answering(ours.base_url + "/readyz")
             engine_start = {"ours": time.perf_counter() - started}
             # both start from an adapter (not measured): ours promotes the first version, the peer loads one
             httpx.post(f"{ours.base_url}/admin/v1/adapters/{versions[0]}/promote", json={"reason": "bench start"},
@@ -320,7 +320,7 @@ def main() -> int:
             ours.moves = our_moves(ours, registry, versions[1:], args.moves)
             sides, peer_load_s = [ours], []
             if "peer" in servers:
-                servers["peer"].wait_ready(peer.base_url + "/v1/models")
+                servers["peer"].wait_answering(peer.base_url + "/v1/models")
                 engine_start["peer"] = time.perf_counter() - started
                 httpx.post(f"{peer.base_url}/v1/load_lora_adapter", timeout=120,
                            json={"lora_name": "peer-0", "lora_path": str(adapters[0])}).raise_for_status()

@@ -44,7 +44,7 @@ from learner.reward_model import RewardModel, load_current, refresh  # noqa: E40
 from learner.rollout import VLLMRollouts  # noqa: E402
 from rlhf_loop.model import prepare  # noqa: E402
 from tests.bench.common import write_result  # noqa: E402
-from tests.learner.conftest import RULE_CONFIG, synthetic  # noqa: E402
+from tests.helpers import RULE_CONFIG, synthetic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PEER_PYTHON = REPO / "bench" / ".venv-trl112" / "bin" / "python"

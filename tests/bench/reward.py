@@ -39,7 +39,7 @@ from learner.dataset import Pair, as_messages
 from learner.reward_model import RewardModel, accuracy, heldout, train
 from rlhf_loop.model import prepare
 from tests.bench.common import write_result
-from tests.learner.conftest import RULE_CONFIG, synthetic
+from tests.helpers import RULE_CONFIG, synthetic
 
 
 def conversation(pair: Pair, response: str) -> list[dict[str, str]]:

@@ -33,7 +33,7 @@ from feedback.settings import RuntimeSettings  # noqa: E402
 from learner.rollout import VLLMRollouts  # noqa: E402
 from rlhf_loop.model import prepare  # noqa: E402
 from tests.bench.common import write_result  # noqa: E402
-from tests.conftest import write_lora_adapter  # noqa: E402
+from tests.helpers import write_lora_adapter  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?", "Give me three tips for better sleep.", "Explain photosynthesis simply.",

@@ -20,7 +20,7 @@ from rlhf_loop.model import prepare
 from serving.engine import engine_cli_args
 from serving.settings import ServingSettings
 from tests.bench.common import Server, chat_load, write_result
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 PROMPTS = [
     "What is the capital of France?", "Give me three tips for better sleep.", "Explain photosynthesis simply.",
@@ -40,7 +40,7 @@ def bodies(count: int, max_tokens: int, served_name: str) -> list[dict]:
 
 def run(server: Server, base_url: str, ready_path: str, work: list[dict], concurrency: int, label: str):
     try:
-        server.wait_ready(base_url + ready_path)
+        server.wait_answering(base_url + ready_path)
         asyncio.run(chat_load(base_url, work[:concurrency], concurrency, f"{label} warm-up"))
         return asyncio.run(chat_load(base_url, work, concurrency, label))
     finally:

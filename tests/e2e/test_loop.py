@@ -26,7 +26,7 @@ from kafka import KafkaProducer
 from learner.gates import GATES
 from learner.ingest import EventStore
 from learner.registry import Registry
-from tests.conftest import free_port, wait_for
+from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 

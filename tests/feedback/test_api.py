@@ -12,7 +12,7 @@ import pytest
 from feedback.broker import EmbeddedBroker
 from serving.settings import ServingSettings
 from serving.tokens import TokenSigner, prompt_hash
-from tests.conftest import ServingServer, read_topic
+from tests.helpers import ServingServer, read_topic
 
 FEEDBACK = "rlhf.feedback"
 

@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from feedback.broker import BrokerError, EmbeddedBroker
 from feedback.settings import RuntimeSettings
 from feedback.topics import ensure_topics
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def _consumer(broker: EmbeddedBroker, topic: str, group: str) -> KafkaConsumer:

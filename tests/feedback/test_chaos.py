@@ -17,7 +17,7 @@ from feedback.outbox import Outbox, OutboxRecord
 from feedback.producer import DEAD_LETTERED, DurableProducer
 from feedback.settings import RuntimeSettings
 from feedback.topics import ensure_topics
-from tests.conftest import ServingServer, read_topic
+from tests.helpers import ServingServer, read_topic
 
 
 def thumb(comment: str | None = None) -> ThumbEvent:

@@ -16,7 +16,7 @@ from feedback.settings import RuntimeSettings
 from feedback.topics import ensure_topics
 from serving.settings import ServingSettings
 from serving.tokens import TokenSigner, prompt_hash
-from tests.conftest import ServingServer, free_port, read_topic, service_env
+from tests.helpers import ServingServer, free_port, read_topic, service_env
 
 TOTAL, CONCURRENCY = 1000, 32
 STAND_IN = "tests.stand_in_serving"

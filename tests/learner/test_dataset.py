@@ -10,7 +10,7 @@ from feedback.events import InteractionEvent, ThumbEvent, Timings
 from feedback.export import summarize
 from learner import dataset
 from learner.ingest import EventStore
-from tests.learner.test_ingest import record
+from tests.helpers import record
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.learner.conftest import synthetic
+from tests.helpers import synthetic
 
 pytestmark = pytest.mark.slow
 

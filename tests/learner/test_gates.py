@@ -21,9 +21,7 @@ from learner.reward_model import RewardConfig, load_current
 from learner.settings import LearnerSettings
 from learner.stats import mcnemar_worse, wilson
 from learner.usage import sampling_profile
-from tests.conftest import write_lora_adapter
-from tests.learner.conftest import sft_adapter
-from tests.learner.test_usage import seeded_store
+from tests.helpers import seeded_store, sft_adapter, write_lora_adapter
 
 # a few short examples teach a LoRA a character within a few steps (each step is a full forward and
 # backward on CPU: keep them short)

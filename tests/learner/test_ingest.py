@@ -6,16 +6,9 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from kafka.consumer.fetcher import ConsumerRecord
-
 from feedback.events import ThumbEvent
 from learner.ingest import REJECTED, EventStore
-
-
-def record(value: bytes, offset: int) -> ConsumerRecord:
-    return ConsumerRecord(topic="rlhf.feedback", partition=0, leader_epoch=0, offset=offset, timestamp=0, timestamp_type=0,
-                          key=b"k", value=value, headers=[], checksum=None, serialized_key_size=1,
-                          serialized_value_size=len(value), serialized_header_size=-1)
+from tests.helpers import record
 
 
 def test_same_event_twice_is_stored_once_and_unknown_versions_are_set_aside(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from learner.promotion import check as check_with
 from learner.ingest import EventStore
 from learner.registry import Registry
 from learner.settings import LearnerSettings
-from tests.learner.test_ingest import record
+from tests.helpers import record
 
 def check(registry: Registry, events: list, settings: LearnerSettings):
     """The policy on these events, read from the learner's store as the learner reads them."""

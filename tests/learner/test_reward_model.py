@@ -8,7 +8,7 @@ import pytest
 
 from learner.dataset import FeedbackData
 from learner.reward_model import RewardConfig, heldout, refresh
-from tests.learner.conftest import RULE_CONFIG
+from tests.helpers import RULE_CONFIG
 
 pytestmark = pytest.mark.slow
 

@@ -5,25 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from feedback.events import InteractionEvent, Timings
 from learner.cycle import at_users_length
 from learner.degeneration import degeneration, shares
-from learner.ingest import EventStore
 from learner.config import PPOConfig
 from learner.usage import sampling_profile
-from tests.learner.test_ingest import record
-
-
-def interaction(i: int, sampling: dict) -> InteractionEvent:
-    return InteractionEvent(response_id=f"r{i}:0", conversation_id=f"c{i}", user_id="u", model="m", adapter_version=None,
-                            messages=[{"role": "user", "content": "hi"}], response="hello", finish_reason="stop",
-                            sampling=sampling, prompt_tokens=3, completion_tokens=1, timings=Timings(time_to_first_token_s=0.1, total_s=0.2))
-
-
-def seeded_store(path: Path, samplings: list[dict]) -> EventStore:
-    store = EventStore(path)
-    store.store([record(interaction(i, s).to_wire(), i) for i, s in enumerate(samplings)])
-    return store
+from tests.helpers import seeded_store
 
 
 def test_lengths_are_the_p50_and_p95_users_ask_for_and_temperature_their_median(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from feedback.broker import EmbeddedBroker
 from serving.settings import ServingSettings
 from serving.tokens import TokenSigner
-from tests.conftest import ServingServer, read_topic
+from tests.helpers import ServingServer, read_topic
 
 pytestmark = pytest.mark.slow
 

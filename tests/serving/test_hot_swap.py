@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from learner.registry import Pointer, Registry
-from tests.conftest import ADMIN_TOKEN, ServingServer
+from tests.helpers import ADMIN_TOKEN, ServingServer
 
 pytestmark = pytest.mark.slow
 

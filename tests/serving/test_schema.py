@@ -9,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from learner.registry import Registry
-from tests.conftest import ADMIN_TOKEN, ServingServer
+from tests.helpers import ADMIN_TOKEN, ServingServer
 
 pytestmark = pytest.mark.slow
 

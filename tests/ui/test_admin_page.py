@@ -14,7 +14,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 
 from learner.registry import Pointer, Registry
-from tests.conftest import ADMIN_TOKEN, ServingServer
+from tests.helpers import ADMIN_TOKEN, ServingServer
 from tests.ui.conftest import no_page_errors, screenshot, wait
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 
 from feedback.broker import EmbeddedBroker
-from tests.conftest import ServingServer, read_topic
+from tests.helpers import ServingServer, read_topic
 from tests.ui.conftest import no_page_errors, screenshot, wait
 
 pytestmark = pytest.mark.slow
