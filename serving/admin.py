@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from learner.registry import Registry, RegistryError, UnknownVersion
 from feedback.errors import Refused
+from serving.deps import RegistryDep
 from serving.metrics import ADMIN_ACTIONS
 
 
@@ -36,7 +37,8 @@ class CanaryAction(AdminAction):
 
 def operator(request: Request) -> str:
     """The acting operator: 401 without a bearer token, 403 with any token but the operator's."""
-    expected = request.app.state.admin_token
+    settings = request.app.state.settings
+    expected = settings.admin_token.get_secret_value() if settings.admin_token else None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         ADMIN_ACTIONS.labels("auth", "unauthenticated").inc()
@@ -46,7 +48,7 @@ def operator(request: Request) -> str:
         ADMIN_ACTIONS.labels("auth", "forbidden").inc()
         raise Refused(403, "this token may not use the admin API" if expected else
                       "the admin API is off: set RLHF_ADMIN_TOKEN to turn it on")
-    header = request.app.state.user_header  # optional here: the bearer token is what authorizes an operator
+    header = settings.user_header  # optional here: the bearer token is what authorizes an operator
     user = request.headers.get(header) if header else None
     return f"operator:{user}" if user else "operator:admin-api"
 
@@ -55,13 +57,9 @@ Operator = Annotated[str, Depends(operator)]
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
 
-def _registry(request: Request) -> Registry:
-    return request.app.state.registry
-
-
-def _act(request: Request, action: str, do) -> JSONResponse:
+def _act(registry: Registry, action: str, do) -> JSONResponse:
     try:
-        pointer = do(_registry(request))
+        pointer = do(registry)
     except UnknownVersion as error:
         ADMIN_ACTIONS.labels(action, "refused").inc()
         raise Refused(404, str(error)) from None
@@ -73,17 +71,15 @@ def _act(request: Request, action: str, do) -> JSONResponse:
 
 
 @router.get("/adapters")
-def list_adapters(request: Request, _: Operator) -> dict[str, Any]:
+def list_adapters(registry: RegistryDep, _: Operator) -> dict[str, Any]:
     """Every version with its role and gate status, and the pointer."""
-    registry = _registry(request)
     return {"pointer": registry.read_pointer().model_dump(mode="json"),
             "data": [registry.summary(v) for v in registry.versions()]}
 
 
 @router.get("/adapters/{version}")
-def show_adapter(version: str, request: Request, _: Operator) -> JSONResponse:
+def show_adapter(version: str, registry: RegistryDep, _: Operator) -> JSONResponse:
     """One version: its lineage, gate report and role."""
-    registry = _registry(request)
     try:
         return JSONResponse({**registry.meta(version), **registry.summary(version)})
     except UnknownVersion as error:
@@ -91,52 +87,52 @@ def show_adapter(version: str, request: Request, _: Operator) -> JSONResponse:
 
 
 @router.get("/adapters/{version}/diff/{other}")
-def diff_adapters(version: str, other: str, request: Request, _: Operator) -> JSONResponse:
+def diff_adapters(version: str, other: str, registry: RegistryDep, _: Operator) -> JSONResponse:
     """What differs between two versions (lineage, gate figures, weight distance)."""
     try:
-        return JSONResponse(_registry(request).diff(version, other))
+        return JSONResponse(registry.diff(version, other))
     except UnknownVersion as error:
         raise Refused(404, str(error)) from None
 
 
 @router.post("/adapters/{version}/promote")
-def promote(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+def promote(version: str, body: AdminAction, registry: RegistryDep, actor: Operator) -> JSONResponse:
     """Make a version active for everyone (409 if its gates failed, unless `force`)."""
-    return _act(request, "promote", lambda r: r.promote(version, actor=actor, reason=body.reason, force=body.force,
+    return _act(registry, "promote", lambda r: r.promote(version, actor=actor, reason=body.reason, force=body.force,
                                                          expected=body.expected_revision))
 
 
 @router.post("/adapters/{version}/canary")
-def canary(version: str, body: CanaryAction, request: Request, actor: Operator) -> JSONResponse:
+def canary(version: str, body: CanaryAction, registry: RegistryDep, actor: Operator) -> JSONResponse:
     """Serve a version to `share` of users beside the active one."""
-    return _act(request, "canary", lambda r: r.canary(version, body.share, actor=actor, reason=body.reason,
+    return _act(registry, "canary", lambda r: r.canary(version, body.share, actor=actor, reason=body.reason,
                                                        force=body.force, expected=body.expected_revision))
 
 
 @router.post("/adapters/{version}/reject")
-def reject(version: str, body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+def reject(version: str, body: AdminAction, registry: RegistryDep, actor: Operator) -> JSONResponse:
     """Turn a version down: it leaves the canary and needs `force` to serve again."""
-    return _act(request, "reject", lambda r: r.reject(version, actor=actor, reason=body.reason,
+    return _act(registry, "reject", lambda r: r.reject(version, actor=actor, reason=body.reason,
                                                                  expected=body.expected_revision))
 
 
 @router.post("/rollback")
-def rollback(body: AdminAction, request: Request, actor: Operator) -> JSONResponse:
+def rollback(body: AdminAction, registry: RegistryDep, actor: Operator) -> JSONResponse:
     """End the canary if one runs, else make the previous version active again."""
-    return _act(request, "rollback", lambda r: r.rollback(actor=actor, reason=body.reason,
+    return _act(registry, "rollback", lambda r: r.rollback(actor=actor, reason=body.reason,
                                                               expected=body.expected_revision))
 
 
 @router.get("/stats")
-def stats(request: Request, _: Operator) -> dict[str, Any]:
+def stats(registry: RegistryDep, _: Operator) -> dict[str, Any]:
     """Live thumb-up and duel win rates per adapter and feedback volume per minute (from the learner)."""
-    return _registry(request).read_stats()
+    return registry.read_stats()
 
 
 @router.get("/audit")
-def audit(request: Request, _: Operator) -> dict[str, Any]:
+def audit(registry: RegistryDep, _: Operator) -> dict[str, Any]:
     """The audit log, oldest first."""
-    return {"data": _registry(request).audit()}
+    return {"data": registry.audit()}
 
 
 def install_admin(app) -> None:

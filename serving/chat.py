@@ -74,8 +74,9 @@ class ChatService:
         self.redact_text = redact_text
 
     # -- routes -----------------------------------------------------------------------------------
-    async def complete(self, body: ChatRequest, request: Request) -> Response:
-        body = _attribute(body, request)
+    async def complete(self, body: ChatRequest, request: Request, user: str | None = None) -> Response:
+        """`user`: the user an auth proxy vouched for (RLHF_USER_HEADER); it replaces the body's `user`."""
+        body = _attribute(body, user)
         try:
             lease = self.router.lease(body.user, body.model)
         except PinningDisabled as error:
@@ -93,7 +94,7 @@ class ChatService:
             return JSONResponse(result.model_dump(), status_code=result.error.code)
         return JSONResponse(self._finish_whole(exchange, result))
 
-    async def duel(self, body: ChatRequest, request: Request) -> Response:
+    async def duel(self, body: ChatRequest, request: Request, user: str | None = None) -> Response:
         if body.stream:
             raise Refused(400, "duels are not streamed: send `stream: false`", param="stream")
         if body.n not in (None, 1):
@@ -101,7 +102,7 @@ class ChatService:
         if body.model not in (None, self.router.base_model_name):
             raise Refused(400, f"a duel picks its own policies: send `model: {self.router.base_model_name}`",
                           param="model")
-        body = _attribute(body, request)
+        body = _attribute(body, user)
         duel_id = f"duel-{uuid.uuid4().hex}"
         leases = self.router.lease_pair()
         exchanges = [
@@ -245,9 +246,8 @@ def _sampling(body: ChatRequest, scrub) -> dict[str, Any]:
     return sampling
 
 
-def _attribute(body: ChatRequest, request: Request) -> ChatRequest:
+def _attribute(body: ChatRequest, user: str | None) -> ChatRequest:
     """An authenticated user (from the trusted header) overrides the `user` field a client sent."""
-    user = request.app.state.authenticated_user(request)
     return body if user is None else body.model_copy(update={"user": user})
 
 

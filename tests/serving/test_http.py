@@ -58,3 +58,14 @@ def test_a_bug_of_ours_is_a_logged_500_not_a_4xx(client, monkeypatch, error: Exc
     assert reply.status_code == 500, reply.text
     assert reply.json()["error"] == {"message": "internal error; the server logged the details",
                                      "type": "InternalServerError", "param": None, "code": 500}
+
+
+def test_before_the_engine_is_up_chat_and_models_are_503_with_retry_after(tmp_path: Path) -> None:
+    app = create_app(ServingSettings(_env_file=None, home=tmp_path), stand_in_engine())
+    client = TestClient(app)  # no `with`: the lifespan (and the engine) never starts
+    for method, path, body in (("POST", "/v1/chat/completions", CHAT), ("POST", "/v1/chat/duels", CHAT),
+                               ("GET", "/v1/models", None)):
+        reply = client.request(method, path, json=body)
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "5", (path, reply.text)
+        assert reply.json()["error"]["type"] == "ServiceUnavailableError"
+    assert client.get("/readyz").json() == {"status": "starting"} and client.get("/healthz").status_code == 200
