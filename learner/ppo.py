@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from learner import ppo_math as M
 from learner.config import LORA_TARGET_MODULES, PPOConfig
+from learner.distributed import gather, mean_over_ranks, rank_and_world
 from learner.dataset import as_messages
 from learner.rollout import VLLMRollouts
 
@@ -90,23 +91,6 @@ def collate(rollouts, prompts, pad_id: int) -> Batch:
     return Batch(ids, attention, start, mask, prompts, [r.text for r in rollouts])
 
 
-def _gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's shard along dim 0, in rank order (identity without DDP)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return tensor
-    shards = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(shards, tensor.contiguous())
-    return torch.cat(shards)
-
-
-def _mean_over_ranks(value: float) -> float:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    total = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(total)
-    return total.item() / dist.get_world_size()
-
-
 class PPOTrainer:
     """One PPO run: `train()` does `config.steps` steps, checkpointing to `run_dir`.
 
@@ -123,7 +107,7 @@ class PPOTrainer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(config.seed)  # the same initial LoRA and value head on every rank
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.rank, self.world = rank_and_world()
         if config.max_new_tokens < 1:
             raise ValueError("max_new_tokens 0 stands for the users' length: resolve it (learner.usage) before training")
         if config.batch_size % self.world or config.minibatch_size % self.world:
@@ -240,7 +224,7 @@ class PPOTrainer:
             ref_logprobs = self._reference_logprobs(shard, T)
             del logits, values
         scores = self.score(shard.prompts, shard.texts).detach().float()  # (B / world,)
-        old_logprobs, old_values, ref_logprobs, scores = map(_gather, (old_logprobs, old_values, ref_logprobs, scores))
+        old_logprobs, old_values, ref_logprobs, scores = map(gather, (old_logprobs, old_values, ref_logprobs, scores))
         timings["time/scoring_s"] = time.perf_counter() - t
 
         # 4. rewards: score on the last token, KL penalty on every token; GAE
@@ -280,17 +264,17 @@ class PPOTrainer:
         sequence_kl = (kl.sum(1)).mean().item()
         self.kl.update(sequence_kl, len(prompts))
         self.step += 1
-        mean = lambda xs: _mean_over_ranks(sum(xs) / len(xs))  # noqa: E731
+        averaged = mean_over_ranks({key: sum(xs) / len(xs) for key, xs in stats.items()})
         return {
             "step": self.step,
             "objective/scores": scores.mean().item(),
             "objective/kl": sequence_kl,
             "objective/kl_coef": self.kl.value,
             "objective/rlhf_reward": (scores - self.kl.value * kl.sum(1)).mean().item(),
-            "objective/entropy": mean(stats["entropy"]),
-            "loss/policy": mean(stats["policy"]),
-            "loss/value": mean(stats["value"]),
-            "policy/clipfrac": mean(stats["clip"]),
+            "objective/entropy": averaged["entropy"],
+            "loss/policy": averaged["policy"],
+            "loss/value": averaged["value"],
+            "policy/clipfrac": averaged["clip"],
             "response/length": batch.mask.sum(1).mean().item(),
             **timings,
             "time/step_s": time.perf_counter() - started,

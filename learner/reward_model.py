@@ -29,6 +29,7 @@ from rich.progress import Progress
 from feedback.files import write_atomic
 from learner.config import LORA_TARGET_MODULES, RewardConfig
 from learner.dataset import FeedbackData, Pair, Pointwise, as_messages
+from learner.distributed import mean_over_ranks, rank_and_world
 
 log = structlog.get_logger(__name__)
 
@@ -106,11 +107,8 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
     Under torchrun (DDP, gloo on CPU, nccl on GPU) every rank sees the same global batches and
     trains on its share of each; gradients are averaged, so the loss curve is the 1-process one.
     """
-    import torch.distributed as dist
-
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if distributed:
+    rank, world = rank_and_world()
+    if world > 1:
         model.forward = torch.nn.parallel.DistributedDataParallel(model.model)
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW([p for p in model.model.parameters() if p.requires_grad], lr=config.learning_rate)
@@ -150,11 +148,7 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                if distributed:  # log the global mean, as one process would have seen it
-                    values = torch.tensor([row.get("loss/bt", 0.0), row.get("loss/pointwise", 0.0)])
-                    dist.all_reduce(values)
-                    row = {k: values[i].item() / world for i, k in enumerate(("loss/bt", "loss/pointwise")) if k in row}
-                history.append(row)
+                history.append(mean_over_ranks(row))  # the global mean, as one process would have logged it
                 progress.advance(bar)
     model.model.eval()
     model.forward = model.model
