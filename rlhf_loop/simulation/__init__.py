@@ -33,6 +33,7 @@ from pydantic import Field
 
 from learner.registry import Registry
 from learner.stats import welch_greater
+from rlhf_loop.simulation.preferences import resolve
 from serving.settings import ServingSettings
 
 log = structlog.get_logger("simulation")
@@ -51,11 +52,13 @@ class SimulationSettings(ServingSettings):
     """Env prefix `RLHF_`; the simulated users reach serving at RLHF_HOST:RLHF_PORT."""
 
     simulate_users: int = Field(default=0, ge=0, description="Simulated users chatting and rating (`up --simulate-users`).")
-    simulate_preference: Path | None = Field(
-        default=None, description="Preference plugin: a Python file with score(prompt, answer) -> [0, 1]; default: "
-                                  "the bundled rlhf_loop/simulation/concise_question.py.")
+    simulate_preference: str = Field(
+        default="concise_question", description="What simulated users like: a preference of the suite (concise_question, "
+                                                "lists, polite, examples, facts, concise_lists) or a Python file with "
+                                                "score(prompt, answer) -> [0, 1].")
     simulate_prompts: Path | None = Field(
-        default=None, description="Prompt set of simulated users (JSON Lines of {\"prompt\": ...}); default: the bundled set.")
+        default=None, description="Prompt set of simulated users (JSON Lines of {\"prompt\": ...}); default: the "
+                                  "preference's own (its PROMPTS), else the bundled set.")
     simulate_think_s: float = Field(default=8.0, ge=0, description="Mean pause of a simulated user between turns "
                                                                    "(reading the answer, typing the next question).")
     simulate_rate_share: float = Field(default=0.8, ge=0, le=1, description="Share of plain answers a simulated user rates.")
@@ -73,7 +76,13 @@ class SimulationSettings(ServingSettings):
     simulate_report: Path | None = Field(default=None, description="Where the simulation writes its report; default RLHF_HOME/simulation.json.")
 
 
-def load_preference(path: Path) -> Callable[[str, str], float]:
+def load_preference(preference: str | Path) -> Callable[[str, str], float]:
+    """`score` of a suite preference (by name) or of a plugin file."""
+    return _load_plugin(preference).score
+
+
+def _load_plugin(preference: str | Path):
+    path = resolve(preference)
     spec = importlib.util.spec_from_file_location("rlhf_preference", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"{path} is not a Python file")
@@ -81,7 +90,17 @@ def load_preference(path: Path) -> Callable[[str, str], float]:
     spec.loader.exec_module(module)
     if not callable(getattr(module, "score", None)):
         raise ValueError(f"{path} defines no score(prompt, answer) function")
-    return module.score
+    return module
+
+
+def prompt_set(preference: str | Path, prompts: Path | None) -> list[str]:
+    """The prompts simulated users ask: `prompts` if given, else the preference's own set (its PROMPTS,
+    a file beside it), else the bundled set."""
+    if prompts is None:
+        plugin = _load_plugin(preference)
+        own = getattr(plugin, "PROMPTS", None)
+        prompts = resolve(preference).with_name(own) if own else HERE / "prompts.jsonl"
+    return [json.loads(line)["prompt"] for line in prompts.read_text().splitlines() if line.strip()]
 
 
 @dataclass
@@ -235,9 +254,8 @@ def summary(report: dict[str, Any]) -> str:
 
 async def simulate(settings: SimulationSettings, stop: asyncio.Event) -> dict[str, Any]:
     """Run the users until `stop` (or, with simulate_until_tested, until the gain is tested)."""
-    prompts = (settings.simulate_prompts or HERE / "prompts.jsonl").read_text().splitlines()
-    sim = Simulation(settings, load_preference(settings.simulate_preference or HERE / "concise_question.py"),
-                     [json.loads(line)["prompt"] for line in prompts if line.strip()])
+    sim = Simulation(settings, load_preference(settings.simulate_preference),
+                     prompt_set(settings.simulate_preference, settings.simulate_prompts))
     registry = Registry.from_settings(settings)
     report_path = settings.simulate_report or settings.home / "simulation.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)

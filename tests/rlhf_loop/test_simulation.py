@@ -10,7 +10,8 @@ import pytest
 
 from learner.registry import Registry
 from learner.stats import welch_greater
-from rlhf_loop.simulation import HERE, Served, Simulation, SimulationSettings, load_preference, summary
+from rlhf_loop.simulation import HERE, Served, Simulation, SimulationSettings, load_preference, prompt_set, summary
+from rlhf_loop.simulation.preferences import SUITE
 
 
 def test_the_default_preference_likes_concise_answers_that_ask_back() -> None:
@@ -79,3 +80,49 @@ def test_up_gives_serving_and_the_learner_their_own_cores_unless_bound_already()
         assert sorted(bound) == cores and not set(serving["VLLM_CPU_OMP_THREADS_BIND"].split(",")) & set(
             learner["VLLM_CPU_OMP_THREADS_BIND"].split(","))
     assert split_cores({"VLLM_CPU_OMP_THREADS_BIND": "0-1"}) == ({}, {})  # the operator's binding stands
+
+
+# what each suite member should like and dislike: its kind, not only its degree
+LIKED = {
+    "concise_question": ("Why is the sky blue?", "Sunlight scatters off air; blue scatters most. Want more detail?",
+                         "The sky is blue because of Rayleigh scattering. " * 8),
+    "lists": ("How can I sleep better?", "- Keep a schedule\n- Dim the lights\n- Skip late coffee\n- Move daily",
+              "Keep a regular schedule, dim the lights in the evening and skip coffee late in the day."),
+    "polite": ("How can I sleep better?", "Happy to help! Keep a regular schedule. I hope this helps.",
+               "Obviously, just sleep. Whatever."),
+    "examples": ("What is a verb?", "A word for an action, for example Run or 3 jumps.", "A word for an action."),
+    "facts": ("What is the capital of Canada?", "The capital of Canada is Ottawa.",
+              "The capital of Canada is Toronto, a great city!"),
+    "concise_lists": ("How can I sleep better?", "- Regular hours\n- Dark room\n- No late coffee",
+                      "Keep a regular schedule and a dark room. " * 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUITE))
+def test_every_suite_preference_loads_scores_in_range_and_likes_its_kind(name: str) -> None:
+    score = load_preference(name)
+    prompt, good, bad = LIKED[name]
+    values = [score(prompt, text) for text in (good, bad, "", "x " * 500, "- a\n- b\n- c", "Happy to help, for example 2!")]
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values), values
+    assert values[0] > values[1] + 0.3, (name, values[:2])
+    assert prompt_set(name, None), "every preference comes with prompts to ask"
+
+
+def test_facts_are_asked_from_their_own_keyed_prompts_no_gate_question_among_them() -> None:
+    import json
+
+    from learner.gates import load_set
+
+    asked = set(prompt_set("facts", None))
+    assert len(asked) >= 40 and asked.isdisjoint(row["prompt"] for row in load_set("golden"))
+    assert set(prompt_set("lists", None)) == {json.loads(line)["prompt"] for line in (HERE / "prompts.jsonl").read_text().splitlines()}
+
+
+def test_the_learner_processes_never_import_the_simulation_or_its_preferences() -> None:
+    """The learner sees ratings only: neither its service nor a training cycle loads a preference."""
+    import subprocess
+    import sys
+
+    code = "import sys, learner.__main__, learner.cycle; print(sorted(m for m in sys.modules if m.startswith('rlhf_loop')))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert loaded.strip() == "[]"
