@@ -42,6 +42,23 @@ def test_fifteen_replays_of_one_anonymous_thumb_are_one_rating_the_last(tmp_path
     assert summarize(replays).thumbs_by_adapter == {"base": {"up": 0, "down": 1, "up_rate": 0.0}}
 
 
+def test_feedback_joins_its_interaction_waits_for_a_late_one_and_drops_a_lost_one(tmp_path: Path) -> None:
+    """A rating whose interaction has not arrived (yet) is not trained on: counted `waiting` while it may
+    still come (RLHF_MAX_FEEDBACK_WAIT_S), `dropped` after that; duels become pairs, ties order nothing."""
+    from feedback.events import PairwiseEvent
+
+    duel = [answer(7, prompt="Name a colour."), answer(8, prompt="Name a colour.")]
+    choice = PairwiseEvent(conversation_id="c7", response_id_a="r7:0", response_id_b="r8:0", adapter_version_a=None,
+                           adapter_version_b=None, user_id="ann", choice="b", occurred_at=START + timedelta(minutes=5))
+    tie = choice.model_copy(update={"event_id": "tie", "choice": "tie", "occurred_at": START + timedelta(minutes=6)})
+    lost, late = thumb(1, "up", minute=0), thumb(2, "down", minute=118)  # their interactions never came / not yet
+    store = stored(tmp_path, [answer(0), thumb(0, "up", minute=1), *duel, choice, tie, lost, late])
+    data = dataset.build(store, max_per_user=200, max_wait_s=3600, now=START + timedelta(minutes=120))
+    assert [(p.response, p.label) for p in data.pointwise] == [("answer 0", 1.0)]
+    assert (data.waiting, data.dropped) == (1, 1)
+    assert [(p.chosen, p.rejected) for p in data.pairs] == [("answer 8", "answer 7")]
+
+
 def test_anonymous_feedback_is_capped_as_one_pool(tmp_path: Path) -> None:
     answers = [answer(i, prompt=f"question {i}") for i in range(30)]
     store = stored(tmp_path, [*answers, *(thumb(i, "up", minute=i) for i in range(30))])
