@@ -97,6 +97,7 @@ def create_app(settings: ServingSettings, engine: EngineStarter = start_vllm) ->
     app.state.settings = settings
     app.state.ready = False
     app.state.engine_failed = False
+    app.state.on_engine_dead = lambda: os.kill(os.getpid(), signal.SIGTERM)  # graceful stop; restarted from outside
     app.state.token_signer = TokenSigner(settings.token_key(), settings.feedback_token_ttl_s,
                                          previous_keys=settings.previous_token_keys())
     app.state.registry = Registry.from_settings(settings)

@@ -73,12 +73,29 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
 
-    # vLLM's own mapping of its exceptions (VLLMValidationError -> 400, engine death -> 500 + exit); the
-    # plain ValueErrors vLLM raises are mapped where we call it (serving/engine.py), so ours are 500s below
+    # vLLM's own mapping of its exceptions (VLLMValidationError -> 400, ...); the plain ValueErrors vLLM raises
+    # are mapped where we call it (serving/engine.py), so ours are 500s below
     from vllm.entrypoints.serve.exception_handling.handlers.vllm_error import vllm_error_handler
     from vllm.exceptions import VLLMError
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
     app.exception_handler(VLLMError)(vllm_error_handler)
+
+    # vLLM's handler for these expects its own launcher's state; ours: a failed generation is a logged 500,
+    # a dead engine makes this replica unready and ends the process (its supervisor or Kubernetes restarts it)
+    @app.exception_handler(EngineGenerateError)
+    async def _generation_failed(request: Request, exc: EngineGenerateError) -> JSONResponse:
+        log.error("engine.generate_failed", path=request.url.path, error=repr(exc))
+        return error_response(500, "the model engine failed on this request; the server logged the details")
+
+    @app.exception_handler(EngineDeadError)
+    async def _engine_dead(request: Request, exc: EngineDeadError) -> JSONResponse:
+        log.error("engine.dead", path=request.url.path, error=repr(exc))
+        request.app.state.ready = False
+        request.app.state.engine_failed = True  # the process exits non-zero
+        request.app.state.on_engine_dead()
+        return error_response(503, "the model engine stopped; this replica is restarting, retry shortly",
+                              type_="ServiceUnavailableError", headers={"Retry-After": "30"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

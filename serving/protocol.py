@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
 
@@ -27,7 +27,21 @@ class ChatRequest(ChatCompletionRequest):
             role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
             if role not in ROLES:
                 raise ValueError(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}")
+            if isinstance(message, dict):
+                # OpenAI's types declare parts as Iterable: pydantic hands some (an empty list) over as a one-shot
+                # iterator, which the engine would use up before we log the message, and which cannot be copied
+                for key in ("content", "tool_calls"):
+                    if message.get(key) is not None and not isinstance(message[key], (str, list, dict)):
+                        message[key] = list(message[key])
         return value
+
+    @model_validator(mode="after")
+    def _no_prompt_logprobs(self) -> "ChatRequest":
+        # vLLM's LoRA logits kernels fail on the prompt's log-probs (on CPU: a shape error in the worker that
+        # kills the engine, so one request would stop the replica for everyone); this server does not offer them
+        if self.prompt_logprobs is not None or (self.echo and self.top_logprobs):
+            raise ValueError("prompt_logprobs (and echo with top_logprobs) are not supported by this server")
+        return self
 
     @field_validator("stop")
     @classmethod

@@ -127,6 +127,10 @@ def test_models_lists_the_served_name(client: openai.OpenAI) -> None:
         ('{"model": "rlhf-loop", "messages": [{"role": "user", "content": "hi"}], "top_p": 7}', 400, "top_p"),
         ('{"model": "rlhf-loop", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}', 400, "max_tokens"),
         ('{"model": "rlhf-loop", "messages": [{"role": "user", "content": "hi"}], "n": 0}', 400, "n"),
+        # vLLM's LoRA kernels fail on prompt log-probs and take the engine down: refused before they reach it
+        ('{"model": "rlhf-loop", "messages": [{"role": "user", "content": "hi"}], "prompt_logprobs": 1}', 400, "prompt_logprobs"),
+        ('{"model": "rlhf-loop", "messages": [{"role": "user", "content": "hi"}], "echo": true, "logprobs": true, '
+         '"top_logprobs": 2}', 400, "prompt_logprobs"),
         ('{"model": "rlhf-loop", "messages": [{"role": "user", "content": "' + "word " * 3000 + '"}]}', 400, "context"),
     ],
 )

@@ -69,3 +69,33 @@ def test_before_the_engine_is_up_chat_and_models_are_503_with_retry_after(tmp_pa
         assert reply.status_code == 503 and reply.headers["Retry-After"] == "5", (path, reply.text)
         assert reply.json()["error"]["type"] == "ServiceUnavailableError"
     assert client.get("/readyz").json() == {"status": "starting"} and client.get("/healthz").status_code == 200
+
+
+def test_an_engine_that_dies_makes_the_replica_unready_and_stop_and_a_failed_generation_is_a_500(client) -> None:
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    stops = []
+    client.app.state.on_engine_dead = lambda: stops.append(True)  # the real one sends SIGTERM to the process
+
+    async def generation_fails(body, request):
+        raise EngineGenerateError()
+    client.engine.chat = generation_fails
+    failed = client.post("/v1/chat/completions", json=CHAT)
+    assert failed.status_code == 500 and "engine failed on this request" in failed.json()["error"]["message"]
+    assert not stops and client.get("/readyz").status_code == 200
+
+    async def engine_dies(body, request):
+        raise EngineDeadError()
+    client.engine.chat = engine_dies
+    dead = client.post("/v1/chat/completions", json=CHAT)
+    assert dead.status_code == 503 and dead.headers["Retry-After"] == "30", dead.text
+    assert stops == [True] and client.get("/readyz").status_code == 503 and client.app.state.engine_failed
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/chat/duels"])
+def test_message_parts_given_as_an_empty_list_are_served_not_a_500(client, path: str) -> None:
+    """OpenAI's types declare content parts as an Iterable: pydantic hands an empty list over as a one-shot
+    iterator, which a duel could not copy (schemathesis found that 500) and logging could not re-read."""
+    body = {**CHAT, "messages": [{"role": "system", "content": []}, {"role": "user", "content": "Say hi."}]}
+    reply = client.post(path, json=body)
+    assert reply.status_code == 200, reply.text
