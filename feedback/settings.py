@@ -7,13 +7,15 @@ add their own fields, so a variable means the same thing in every process that r
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
+S = TypeVar("S", bound=BaseSettings)
 
 
 def _default_home() -> Path:
@@ -116,3 +118,36 @@ class RuntimeSettings(BaseSettings):
         if self.embedded_broker:
             return [f"127.0.0.1:{self.broker_port}"]
         return [server.strip() for server in self.kafka_bootstrap_servers.split(",") if server.strip()]
+
+
+def env_name(settings_class: type[BaseSettings], *loc: str | int) -> str:
+    """The env var of a field, nested fields joined by `__` (RLHF_PPO__STEPS)."""
+    return f"{settings_class.model_config.get('env_prefix', '')}{'__'.join(map(str, loc))}".upper()
+
+
+def describe_error(settings_class: type[BaseSettings], error: ValidationError, flags: bool = False) -> str:
+    """One line naming each bad setting (its env var, or its flag), what is wrong, and the value given."""
+    problems = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]] or ["?"]
+        name = f"--{'.'.join(loc)}" if flags else env_name(settings_class, *loc)
+        given = item.get("input")
+        value = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}{value}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def load_settings(settings_class: type[S], cli_args: list[str] | None = None, prog: str | None = None,
+                  **overrides: object) -> S:
+    """Settings from env + overrides (None: not given), or + command-line flags (`--ppo.steps 10`, pydantic-settings'
+    own parser) when `cli_args` is given; a bad value raises SystemExit(2) with a one-line message."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        if cli_args is None:
+            return settings_class(**given)
+        return settings_class(_cli_parse_args=cli_args, _cli_prog_name=prog, **given)
+    except ValidationError as error:
+        print(f"{prog or 'rlhf-loop'}: {describe_error(settings_class, error, flags=cli_args is not None)}",
+              file=sys.stderr)
+        raise SystemExit(2) from None

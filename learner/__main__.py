@@ -19,8 +19,9 @@ from prometheus_client import start_http_server
 
 from feedback.broker import die_with_parent
 from feedback.logs import configure_logging
+from feedback.settings import load_settings
 from learner import promotion
-from learner.config import PPOConfig, RewardConfig, due
+from learner.config import due
 from learner.ingest import EventStore, ingest_once, make_consumer
 from learner.registry import Registry, RegistryError
 from learner.settings import LearnerSettings
@@ -45,13 +46,8 @@ def base_fluency(settings: LearnerSettings) -> promotion.Fluency:
 
 
 def main() -> int:
-    settings = LearnerSettings()
+    settings = load_settings(LearnerSettings)  # hyperparameters included: refused at start, not in a cycle
     configure_logging("learner")
-    try:  # a cycle would fail on these much later: refuse them at start
-        PPOConfig(**settings.ppo), RewardConfig(**settings.reward)
-    except TypeError as error:
-        log.error("learner.bad_hyperparameters", error=str(error), ppo=settings.ppo, reward=settings.reward)
-        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import structlog
@@ -18,9 +18,10 @@ from learner import dataset
 from learner.gates import run_gates
 from learner.ingest import EventStore
 from learner.promotion import start_canary
-from learner.ppo import PPOConfig, PPOTrainer, write_history
+from learner.config import PPOConfig, RewardConfig
+from learner.ppo import PPOTrainer, write_history
 from learner.registry import Registry
-from learner.reward_model import RewardConfig, load_current, refresh
+from learner.reward_model import load_current, refresh
 from learner.settings import LearnerSettings
 from learner.usage import SamplingProfile, sampling_profile
 
@@ -93,7 +94,7 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
               "feedback_events": feedback_count, "pairs": len(data.pairs), "thumbs": len(data.pointwise)}
     candidate = registry.publish(adapter, {
         "parent": parent, "data_window": window, "reward_model": rm_version,
-        "reward_model_heldout": rm_report.heldout, "hyperparameters": {"ppo": asdict(ppo), "reward": asdict(reward)},
+        "reward_model_heldout": rm_report.heldout, "hyperparameters": {"ppo": ppo.model_dump(), "reward": reward.model_dump()},
         "ppo_final": history[-1] if history else None, "run": str(run_dir),
         "ppo_history": [{"step": row["step"], "reward": row["objective/scores"], "kl": row["objective/kl"]} for row in history],
     }, gate_report)
@@ -109,7 +110,7 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
 
 def at_users_length(ppo: PPOConfig, usage: SamplingProfile) -> PPOConfig:
     """PPO's max_new_tokens 0 stands for the users' longest length (their p95)."""
-    return replace(ppo, max_new_tokens=usage.longest) if ppo.max_new_tokens == 0 else ppo
+    return ppo.model_copy(update={"max_new_tokens": usage.longest}) if ppo.max_new_tokens == 0 else ppo
 
 
 if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with RLHF_PPO / RLHF_REWARD hyperparameters (vLLM spawns)
@@ -117,8 +118,9 @@ if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with RLHF_PPO
     import sys
 
     from feedback.logs import configure_logging
+    from feedback.settings import load_settings
 
     configure_logging("learner-cycle")
-    settings = LearnerSettings()
-    print(json.dumps(dataclasses.asdict(run_cycle(settings, PPOConfig(**settings.ppo), RewardConfig(**settings.reward)))))
+    settings = load_settings(LearnerSettings)
+    print(json.dumps(dataclasses.asdict(run_cycle(settings, settings.ppo, settings.reward))))
     sys.exit(0)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -210,7 +210,7 @@ def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConf
     model.save(staging)
     (staging / "report.json").write_text(json.dumps({
         "version": version, "parent": current, "created_at": datetime.now(timezone.utc).isoformat(),
-        "heldout": scores, "previous_heldout": previous, "config": asdict(config),
+        "heldout": scores, "previous_heldout": previous, "config": config.model_dump(),
         "train_pairs": len(train_pairs), "train_thumbs": len(train_thumbs), "history": history,
     }))
     staging.rename(root / version)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import ByteSize, Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from feedback.settings import RuntimeSettings, readable_model_dir
+from learner.config import PPOConfig, RewardConfig
 
 
 class LearnerSettings(RuntimeSettings):
-    """Env prefix `RLHF_`, shared with the other processes (see feedback.settings)."""
+    """Env prefix `RLHF_`, shared with the other processes (see feedback.settings); nested
+    hyperparameters by `__` (RLHF_PPO__STEPS)."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__")
 
     consumer_group: str = Field(default="rlhf-learner", min_length=1, description="Kafka consumer group of the learner.")
     consumer_session_timeout_s: float = Field(
@@ -28,8 +32,8 @@ class LearnerSettings(RuntimeSettings):
     ingest_poll_ms: int = Field(default=1000, ge=10, description="Longest wait for new records in one poll, in ms.")
 
     min_new_feedback: int = Field(
-        default=120, ge=1, description="New ratings that start a training cycle; from fewer, the reward model is too weak "
-                                       "to steer PPO (in make demo, 40 ratings gave no measurable gain).",
+        default=120, ge=1, description="New ratings that start a training cycle (from too few, the reward model "
+                                       "cannot steer PPO: docs/tuning.md).",
     )
     max_interval_s: float = Field(
         default=3600, gt=0, description="A cycle also starts this long after the last one, if any new rating arrived."
@@ -45,15 +49,14 @@ class LearnerSettings(RuntimeSettings):
         default=None, gt=0, description="The learner deletes stored events older than this (checked hourly); unset: "
                                         "kept until `rlhf-loop feedback forget` or the store is removed.")
     prompt_file: Path | None = Field(default=None, description="Extra PPO prompts: JSON Lines of {\"prompt\": ...}.")
-    ppo: dict[str, Any] = Field(
-        default_factory=dict, description="PPO hyperparameters of the learner's cycles, as JSON over the defaults of "
-                                          "learner.ppo.PPOConfig (e.g. {\"steps\": 10}).",
+    ppo: PPOConfig = Field(
+        default_factory=PPOConfig, description="PPO hyperparameters of the learner's cycles: RLHF_PPO__STEPS=10 (one field), "
+                                               "or RLHF_PPO as JSON ({\"steps\": 10}); see the rows below.",
     )
-    reward: dict[str, Any] = Field(
-        default_factory=dict, description="Reward-model hyperparameters of the learner's cycles, as JSON over "
-                                          "learner.reward_model.RewardConfig (e.g. {\"epochs\": 1}).",
+    reward: RewardConfig = Field(
+        default_factory=RewardConfig, description="Reward-model hyperparameters of the learner's cycles: RLHF_REWARD__EPOCHS=1, "
+                                                  "or RLHF_REWARD as JSON; see the rows below.",
     )
-
 
     # gates: every candidate is checked against these before it may serve (learner/gates.py)
     gate_kl_budget: float = Field(default=12.0, gt=0, description="Gate: most mean KL (nats per answer) to the base model on held-out prompts.")

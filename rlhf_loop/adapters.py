@@ -16,7 +16,7 @@ import sys
 def _registry():
     from feedback.settings import RuntimeSettings
     from learner.registry import Registry
-    from rlhf_loop.config import load_settings
+    from feedback.settings import load_settings
 
     settings = load_settings(RuntimeSettings)
     return Registry.from_settings(settings)

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from rlhf_loop.config import load_settings
+from feedback.settings import load_settings
 
 
 def _fail(message: str) -> int:
@@ -170,16 +170,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     from feedback.logs import configure_logging
     from learner.cycle import run_cycle
-    from learner.config import PPOConfig, RewardConfig
     from learner.settings import LearnerSettings
-    from learner.cli_args import dataclass_from_arguments
 
-    settings = load_settings(LearnerSettings)
+    # every learner setting as a flag over the environment, hyperparameters included (--ppo.steps 10)
+    settings = load_settings(LearnerSettings, cli_args=args.settings, prog="rlhf-loop learn --once")
     configure_logging("learner")
     if not settings.model_dir.is_dir():
         return _fail(f"no model at {settings.model_dir}: run `rlhf-loop model prepare` or set RLHF_MODEL")
-    report = run_cycle(settings, dataclass_from_arguments(args, PPOConfig, "ppo"),
-                       dataclass_from_arguments(args, RewardConfig, "rm"))
+    report = run_cycle(settings, settings.ppo, settings.reward)
     print(json.dumps(dataclasses.asdict(report), indent=2))
     return 0
 
@@ -194,7 +192,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-loop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -216,12 +214,8 @@ def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
     learn = commands.add_parser("learn", help="run one training cycle now on the stored feedback and exit")
     learn.add_argument("--once", action="store_true", required=True, help="one cycle, then exit (the learner "
                        "service runs cycles on its schedule)")
-    if learn_flags:  # only when `learn` is the command: its flags are the hyperparameters
-        from learner.config import PPOConfig, RewardConfig
-        from learner.cli_args import add_dataclass_arguments
-
-        add_dataclass_arguments(learn, PPOConfig, "ppo")
-        add_dataclass_arguments(learn, RewardConfig, "rm")
+    learn.epilog = ("Any learner setting may follow as a flag, over the environment: RLHF_PPO__STEPS is --ppo.steps, "
+                    "RLHF_REWARD__EPOCHS is --reward.epochs, RLHF_GATE_SAMPLES is --gate_samples (`rlhf-loop config` lists them).")
     learn.set_defaults(func=cmd_learn)
 
     feedback = commands.add_parser("feedback", help="feedback data for product teams").add_subparsers(
@@ -259,7 +253,11 @@ def build_parser(learn_flags: bool = False) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(learn_flags=bool(argv) and argv[0] == "learn").parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "learn":  # `learn` reads its settings flags with pydantic-settings (cmd_learn)
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.settings = rest
     return args.func(args)
 
 

@@ -23,7 +23,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -53,7 +52,7 @@ TOPICS = ["rivers", "owls", "bread", "chess", "jazz", "tea", "maps", "bees", "ki
 # as in tests/learner/test_ppo.py: short answers, so most end (EOS) inside the token budget
 PROMPTS = [(("user", f"In one short sentence, what are {t}?"),) for t in TOPICS]
 # scoring sees the whole prompt + response (the system prompt alone is ~30 tokens), as TRL's does
-SCORING_CONFIG = dataclasses.replace(RULE_CONFIG, max_length=256)
+SCORING_CONFIG = RULE_CONFIG.model_copy(update={"max_length": 256})
 
 
 class PeakRSS:

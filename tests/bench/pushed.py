@@ -19,7 +19,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in tests/bench/ppo.py: no spinning OpenMP threads
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
@@ -91,7 +90,7 @@ def main() -> None:
 
     results = {"base": {"preference_48": preference(None, 48), "preference_256": preference(None, 256)}}
     for steps in sorted(args.steps):
-        trainer.config = dataclasses.replace(config, steps=steps)
+        trainer.config = config.model_copy(update={"steps": steps})
         history = trainer.train(sorted(set(asked)))
         adapter = trainer.save_adapter(work / f"adapter-{steps}")
         before = run_gates(model, adapter, None, scorer.score, engine, settings, then)
@@ -109,7 +108,7 @@ def main() -> None:
     path = write_result("pushed", {
         "model": str(model), "preference": "rlhf_loop/simulation/concise_question.py",
         "feedback": {"pairs": len(pairs), "thumbs": len(thumbs), "reward_model_heldout": rm_heldout},
-        "ppo": dataclasses.asdict(config), "minutes": (time.perf_counter() - started) / 60, **results,
+        "ppo": config.model_dump(), "minutes": (time.perf_counter() - started) / 60, **results,
     })
     print(f"wrote {path}")
 

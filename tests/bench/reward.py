@@ -22,7 +22,6 @@ rate and max length, one after the other in the same process. Writes bench/resul
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import os
 import shutil
@@ -153,8 +152,8 @@ def main() -> int:
 
     base = RuntimeSettings()
     model_dir = base.model or prepare(base.model_dir)
-    config = dataclasses.replace(RULE_CONFIG, epochs=args.epochs, batch_size=args.batch_size,
-                                 max_length=args.max_length, pointwise_weight=0.0)
+    config = RULE_CONFIG.model_copy(update={"epochs": args.epochs, "batch_size": args.batch_size,
+                                         "max_length": args.max_length, "pointwise_weight": 0.0})
     pairs, _ = synthetic(seed=0, count=args.pairs)
     train_pairs = [p for p in pairs if not heldout(p, config.heldout_fraction)]
     test_pairs = [p for p in pairs if heldout(p, config.heldout_fraction)]

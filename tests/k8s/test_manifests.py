@@ -35,7 +35,8 @@ from pydantic_settings import BaseSettings
 
 from feedback.settings import RuntimeSettings
 from learner.settings import LearnerSettings
-from rlhf_loop.config import SETTINGS_CLASSES, describe_error, env_name
+from feedback.settings import describe_error, env_name
+from rlhf_loop.config import SETTINGS_CLASSES
 from serving.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,8 +67,9 @@ class SecretRef(NamedTuple):
 # -- settings, from the settings classes (not a copy) ------------------------------------------------
 # env name -> the class that introduces it (serving and learner subclass the shared RuntimeSettings)
 SETTINGS: dict[str, type[BaseSettings]] = {
-    env_name(cls, field): cls for _, cls in reversed(SETTINGS_CLASSES) for field in cls.model_fields
-}
+    env_name(cls, *loc): cls for _, cls in reversed(SETTINGS_CLASSES) for field, info in cls.model_fields.items()
+    for loc in [(field,)] + [(field, sub) for sub in getattr(info.annotation, "model_fields", {})]
+}  # a learner's hyperparameters one by one too: RLHF_PPO__STEPS
 SECRET_SETTINGS = {
     env_name(cls, field)
     for _, cls in SETTINGS_CLASSES

@@ -15,7 +15,7 @@ from tests.helpers import synthetic
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--rm.epochs", "2", "--rm.batch_size", "8", "--rm.max_length", "48", "--rm.learning_rate", "3e-4"]
+FLAGS = ["--reward.epochs", "2", "--reward.batch_size", "8", "--reward.max_length", "48", "--reward.learning_rate", "3e-4"]
 
 
 def run(argv: list[str], tmp_path: Path, name: str) -> list[float]:
@@ -43,7 +43,7 @@ def test_two_process_torchrun_matches_one_process(prepared_model: Path, tmp_path
 
 PPO_FLAGS = ["--ppo.steps", "2", "--ppo.batch_size", "4", "--ppo.minibatch_size", "4", "--ppo.ppo_epochs", "1",
              "--ppo.max_new_tokens", "16", "--ppo.learning_rate", "5e-4", "--ppo.rollout_kv_cache_mib", "128",
-             "--rm.max_length", "48"]
+             "--reward.max_length", "48"]
 
 
 def lora_b(run_dir: Path):
@@ -60,8 +60,9 @@ def test_ppo_two_process_torchrun_matches_one_process(prepared_model: Path, rule
     import torch
 
     from learner.dataset import load_prompt_file
-    from learner.ppo import PPOConfig, PPOTrainer
-    from learner.reward_model import RewardConfig, load_current
+    from learner.config import PPOConfig, RewardConfig
+    from learner.ppo import PPOTrainer
+    from learner.reward_model import load_current
 
     root, _, _ = rule_reward_model
     prompts = tmp_path / "prompts.jsonl"
@@ -77,8 +78,8 @@ def test_ppo_two_process_torchrun_matches_one_process(prepared_model: Path, rule
 
     # two processes under torchrun, the same job flags
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "learner.train_ppo", "--model", str(prepared_model), "--reward-models", str(root),
-            "--prompts", str(prompts), "--run-dir", str(tmp_path / "run-2"), *PPO_FLAGS]
+            "-m", "learner.train_ppo", "--model", str(prepared_model), "--reward_models", str(root),
+            "--prompts", str(prompts), "--run_dir", str(tmp_path / "run-2"), *PPO_FLAGS]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     two = [json.loads(line) for line in (tmp_path / "run-2" / "ppo_history.jsonl").read_text().splitlines()]

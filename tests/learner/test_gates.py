@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from learner.gates import GATES, correct, golden_set, load_set, repetition, run_gates
 from learner.judge import Judge
-from learner.reward_model import RewardConfig, load_current
+from learner.config import RewardConfig
+from learner.reward_model import load_current
 from learner.settings import LearnerSettings
 from learner.stats import mcnemar_worse, wilson
 from learner.usage import sampling_profile

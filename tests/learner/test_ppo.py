@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from learner.dataset import as_messages
-from learner.ppo import PPOConfig, PPOTrainer
-from learner.reward_model import RewardConfig, load_current
+from learner.config import PPOConfig, RewardConfig
+from learner.ppo import PPOTrainer
+from learner.reward_model import load_current
 from learner.stats import welch_greater
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def test_ppo_raises_held_out_reward_within_kl_budget_and_resumes(prepared_model:
     scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=96))
     score = lambda prompts, texts: scorer.score(prompts, texts)  # noqa: E731
 
-    first = PPOTrainer(prepared_model, tmp_path / "run", CONFIG.__class__(**{**CONFIG.__dict__, "steps": 3}),
+    first = PPOTrainer(prepared_model, tmp_path / "run", CONFIG.model_copy(update={"steps": 3}),
                        score, rollouts=rollouts)
     before = held_out_scores(first, scorer)
     first.train(TRAIN)

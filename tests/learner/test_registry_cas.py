@@ -6,7 +6,6 @@ longer current is refused."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 import socket
 import subprocess
 import sys

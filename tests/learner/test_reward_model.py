@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from learner.dataset import FeedbackData
-from learner.reward_model import RewardConfig, heldout, refresh
+from learner.config import RewardConfig
+from learner.reward_model import heldout, refresh
 from tests.helpers import RULE_CONFIG
 
 pytestmark = pytest.mark.slow

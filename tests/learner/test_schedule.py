@@ -20,3 +20,26 @@ def test_the_always_on_learner_loop_imports_no_training_stack() -> None:
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'vllm') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_hyperparameters_are_typed_settings_one_spelling_refused_at_start_in_one_line(monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    from feedback.settings import load_settings
+
+    monkeypatch.setenv("RLHF_PPO__STEPS", "10")
+    monkeypatch.setenv("RLHF_REWARD", '{"epochs": 1}')  # the whole model as JSON works too
+    settings = LearnerSettings()
+    assert settings.ppo.steps == 10 and settings.reward.epochs == 1 and settings.ppo.batch_size == 16
+    # flags (pydantic-settings' own parser) over the environment
+    flagged = load_settings(LearnerSettings, cli_args=["--ppo.steps", "3", "--ppo.whiten_rewards", "true"])
+    assert flagged.ppo.steps == 3 and flagged.ppo.whiten_rewards is True and flagged.reward.epochs == 1
+    # a word that is not a boolean is an error, not False; a misspelt field is an error, not a default
+    bad = subprocess.run([sys.executable, "-m", "learner"], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "RLHF_PPO__WHITEN_REWARDS": "maybe", "RLHF_PPO__STEPZ": "3",
+                              "RLHF_REWARD__EPOCHS": "0"})
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    for problem in ("RLHF_PPO__WHITEN_REWARDS: Input should be a valid boolean", "RLHF_PPO__STEPZ: Extra inputs",
+                    "RLHF_REWARD__EPOCHS: Input should be greater than or equal to 1"):
+        assert problem in bad.stderr, bad.stderr

@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--rm.epochs", "1", "--rm.batch_size", "8", "--rm.max_length", "48", "--ppo.steps", "2",
+FLAGS = ["--reward.epochs", "1", "--reward.batch_size", "8", "--reward.max_length", "48", "--ppo.steps", "2",
          "--ppo.batch_size", "4", "--ppo.minibatch_size", "4", "--ppo.ppo_epochs", "1", "--ppo.max_new_tokens", "16",
          "--ppo.rollout_kv_cache_mib", "128"]
 
