@@ -22,7 +22,8 @@ from feedback.logs import configure_logging
 from feedback.settings import load_settings
 from learner import promotion
 from learner.config import due
-from learner.ingest import EventStore, ingest_once, make_consumer
+from learner.ingest import ingest_once, make_consumer
+from learner.store import EventStore
 from learner.registry import Registry, RegistryError
 from learner.settings import LearnerSettings
 

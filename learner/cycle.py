@@ -16,7 +16,7 @@ import structlog
 
 from learner import dataset
 from learner.gates import run_gates
-from learner.ingest import EventStore
+from learner.store import EventStore
 from learner.promotion import start_canary
 from learner.config import PPOConfig, RewardConfig
 from learner.ppo import PPOTrainer, write_history

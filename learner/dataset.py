@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, latest_thumbs
-from learner.ingest import EventStore
+from learner.store import EventStore
 
 
 CROSSED_PER_SIDE = 8  # thumbs of each side crossed into pairs per prompt: at most 8 x 8 pairs

@@ -21,10 +21,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     from rlhf_loop.model import ModelPreparationError
     from rlhf_loop.simulation import SimulationSettings
     from rlhf_loop.supervisor import Supervisor
+    from serving.settings import ServingSettings
 
-    settings = load_settings(SimulationSettings, port=args.port, simulate_users=args.simulate_users,
-                     simulate_until_tested=args.until_tested or None,
-                     simulate_report=args.report.resolve() if args.report else None)
+    settings = load_settings(ServingSettings, port=args.port)
+    simulation = load_settings(SimulationSettings, simulate_users=args.simulate_users,
+                               simulate_until_tested=args.until_tested or None,
+                               simulate_report=args.report.resolve() if args.report else None)
     configure_logging("supervisor")
     if not port_is_free(settings.host, settings.port):
         return _fail(f"port {settings.port} is already in use: pass --port with a free port (or set RLHF_PORT)")
@@ -33,7 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             _prepare_bundled(settings.model_dir)
         except ModelPreparationError as error:
             return _fail(str(error))
-    supervisor = Supervisor(settings)
+    supervisor = Supervisor(settings, simulation if simulation.simulate_users else None)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     try:

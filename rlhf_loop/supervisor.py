@@ -21,6 +21,7 @@ import structlog
 
 from feedback.broker import EmbeddedBroker, die_with_parent
 from feedback.topics import ensure_topics
+from rlhf_loop.simulation import SimulationSettings
 from serving.settings import ServingSettings
 
 log = structlog.get_logger("supervisor")
@@ -107,8 +108,9 @@ def split_cores(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
 
 
 class Supervisor:
-    def __init__(self, settings: ServingSettings, *, stop_timeout_s: float = 30.0) -> None:
-        self.settings = settings
+    def __init__(self, settings: ServingSettings, simulation: SimulationSettings | None = None, *,
+                 stop_timeout_s: float = 30.0) -> None:
+        self.settings, self.simulation = settings, simulation
         self.stop_timeout_s = stop_timeout_s
         self.stopping = threading.Event()
         self.children: list[Child] = []
@@ -146,10 +148,11 @@ class Supervisor:
         serving_cores, learner_cores = split_cores(env)
         self.children.append(Child("learner", python_module("learner", {**env, **learner_cores})))
         self.children.append(Child("serving", python_module("serving", {**env, **serving_cores})))
-        if getattr(self.settings, "simulate_users", 0):  # `up --simulate-users N`: SimulationSettings
-            env = {**env, "RLHF_SIMULATE_METRICS_PORT": env.get("RLHF_SIMULATE_METRICS_PORT", str(self.settings.port + 2)),
-                   **{f"RLHF_{name.upper()}": str(value) for name, value in self.settings.model_dump().items()
-                      if name.startswith("simulate_") and value is not None}}
+        if self.simulation is not None:  # `up --simulate-users N`: users of this serving's API
+            env = {**env, **{f"RLHF_{name.upper()}": str(value) for name, value in self.simulation.model_dump().items()
+                             if name.startswith("simulate_") and value is not None},
+                   "RLHF_SIMULATE_URL": f"http://{self.settings.host}:{self.settings.port}",
+                   "RLHF_SIMULATE_METRICS_PORT": str(self.simulation.simulate_metrics_port or self.settings.port + 2)}
             self.children.append(Child("simulation", python_module("rlhf_loop.simulation", env), done_stops_all=True))
 
     def run(self) -> int:

@@ -22,7 +22,7 @@ from feedback.events import InteractionEvent, Timings
 from feedback.export import from_the_start
 from learner.config import LORA_TARGET_MODULES, RewardConfig
 from learner.dataset import Pair, Pointwise
-from learner.ingest import EventStore
+from learner.store import EventStore
 from learner.settings import LearnerSettings
 
 

@@ -34,7 +34,7 @@ from pydantic import Field
 from learner.registry import Registry
 from learner.stats import welch_greater
 from rlhf_loop.simulation.preferences import resolve
-from serving.settings import ServingSettings
+from feedback.settings import RuntimeSettings
 
 log = structlog.get_logger("simulation")
 
@@ -48,10 +48,12 @@ P_VALUE = Gauge("rlhf_simulated_preference_p_value", "One-sided Welch t-test p-v
 P_VALUE.set(1.0)
 
 
-class SimulationSettings(ServingSettings):
-    """Env prefix `RLHF_`; the simulated users reach serving at RLHF_HOST:RLHF_PORT."""
+class SimulationSettings(RuntimeSettings):
+    """Env prefix `RLHF_`; the simulated users are clients of serving's public API (RLHF_SIMULATE_URL)."""
 
     simulate_users: int = Field(default=0, ge=0, description="Simulated users chatting and rating (`up --simulate-users`).")
+    simulate_url: str = Field(default="http://127.0.0.1:8000", description="Serving's API as the simulated users reach "
+                                                                        "it (`up` sets its own serving's).")
     simulate_preference: str = Field(
         default="concise_question", description="What simulated users like: a preference of the suite (concise_question, "
                                                 "lists, polite, examples, facts, concise_lists) or a Python file with "
@@ -73,6 +75,7 @@ class SimulationSettings(ServingSettings):
                                    "adapter), or after simulate_max_minutes.")
     simulate_max_minutes: float = Field(default=30, gt=0, description="Longest simulation with simulate_until_tested.")
     simulate_metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of the simulation's /metrics; 0: off.")
+    simulate_metrics_host: str = Field(default="127.0.0.1", description="Address the simulation's /metrics listens on.")
     simulate_report: Path | None = Field(default=None, description="Where the simulation writes its report; default RLHF_HOME/simulation.json.")
 
 
@@ -259,8 +262,7 @@ async def simulate(settings: SimulationSettings, stop: asyncio.Event) -> dict[st
     registry = Registry.from_settings(settings)
     report_path = settings.simulate_report or settings.home / "simulation.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    base = f"http://{settings.host}:{settings.port}"
-    async with httpx.AsyncClient(base_url=base, timeout=300.0) as client:
+    async with httpx.AsyncClient(base_url=settings.simulate_url, timeout=300.0) as client:
         while not stop.is_set():  # users arrive once chat is served
             try:
                 if (await client.get("/readyz")).status_code == 200:

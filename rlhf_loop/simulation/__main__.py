@@ -9,14 +9,15 @@ import sys
 from prometheus_client import start_http_server
 
 from feedback.logs import configure_logging
+from feedback.settings import load_settings
 from rlhf_loop.simulation import SimulationSettings, simulate, summary
 
 
 async def main() -> int:
-    settings = SimulationSettings()
+    settings = load_settings(SimulationSettings)
     configure_logging("simulation")
     if settings.simulate_metrics_port:
-        start_http_server(settings.simulate_metrics_port, addr=settings.host)
+        start_http_server(settings.simulate_metrics_port, addr=settings.simulate_metrics_host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -27,7 +27,7 @@ from rich.progress import track
 
 from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, Timings, parse_event
 from learner import dataset, promotion
-from learner.ingest import EventStore
+from learner.store import EventStore
 from learner.registry import Registry
 from learner.settings import LearnerSettings
 from tests.bench.common import write_result

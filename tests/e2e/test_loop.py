@@ -24,7 +24,7 @@ import pytest
 from kafka import KafkaProducer
 
 from learner.gates import GATES
-from learner.ingest import EventStore
+from learner.store import EventStore
 from learner.registry import Registry
 from tests.helpers import free_port, wait_for
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from feedback.events import InteractionEvent, ThumbEvent, Timings
 from feedback.export import summarize
 from learner import dataset
-from learner.ingest import EventStore
+from learner.store import EventStore
 from tests.helpers import record
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from feedback.events import ThumbEvent
-from learner.ingest import REJECTED, EventStore
+from learner.store import REJECTED, EventStore
 from tests.helpers import record
 
 

@@ -11,7 +11,7 @@ import pytest
 from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, Timings
 from learner.promotion import LiveStats, dashboard_stats, decide, live_stats, start_canary
 from learner.promotion import check as check_with
-from learner.ingest import EventStore
+from learner.store import EventStore
 from learner.registry import Registry
 from learner.settings import LearnerSettings
 from tests.helpers import record
