@@ -25,8 +25,10 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class PPOConfig(Hyperparameters):
-    steps: int = Field(default=5, ge=1, description="PPO steps (rollout + update) per run.")
+class PolicyConfig(Hyperparameters):
+    """What every policy-gradient learner (PPO, RLOO) reads: rollouts, the LoRA, the KL to the reference."""
+
+    steps: int = Field(default=5, ge=1, description="Steps (rollouts + update) per run.")
     batch_size: int = Field(default=16, ge=1, description="Prompts per step.")
     minibatch_size: int = Field(default=8, ge=1, description="Rollouts per gradient step.")
     ppo_epochs: int = Field(default=2, ge=1, description="Passes over each step's rollouts.")
@@ -34,26 +36,36 @@ class PPOConfig(Hyperparameters):
         "Longest response generated; 0: the p95 max_tokens of recent interactions (learner/usage.py), so the "
         "policy is trained on the lengths users read and a cut answer is scored as cut."))
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of rollouts.")
-    learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate (LoRA + value head).")
+    learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
     lora_rank: int = Field(default=8, ge=1, description="LoRA rank when not warm-starting from an adapter.")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha when not warm-starting.")
-    gamma: float = Field(default=1.0, ge=0, le=1, description="Discount of GAE.")
-    lam: float = Field(default=0.95, ge=0, le=1, description="Lambda of GAE.")
     clip_range: float = Field(default=0.2, gt=0, description="Policy ratio clip.")
-    clip_range_value: float = Field(default=0.2, gt=0, description="Value clip.")
-    vf_coef: float = Field(default=0.1, ge=0, description="Weight of the value loss.")
     kl_coef: float = Field(default=0.05, ge=0, description="Initial KL penalty coefficient (beta).")
     kl_target: float = Field(default=1.0, gt=0, description="Target sequence KL (nats) of the adaptive controller.")
     kl_horizon: int = Field(default=1000, ge=1, description="Horizon of the adaptive KL controller.")
     kl_estimator: Literal["k1", "k3"] = Field(default="k3", description="Per-token KL estimator in the reward.")
-    whiten_rewards: bool = Field(default=False, description="Whiten per-token rewards before GAE.")
-    score_baseline: Literal["batch_mean", "none"] = Field(default="batch_mean", description=(
-        "Subtract the batch's mean reward-model score before GAE (the value head starts at zero)."))
     reference: Literal["base", "incumbent"] = Field(default="base", description="KL reference: base model or incumbent adapter.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping.")
     rollout_kv_cache_mib: int = Field(default=256, ge=16, description="KV cache of the rollout engine, in MiB (one batch of rollouts).")
     checkpoint_every: int = Field(default=5, ge=1, description="Steps between resumable checkpoints.")
     seed: int = Field(default=0, description="Seed.")
+
+
+class PPOConfig(PolicyConfig):
+    gamma: float = Field(default=1.0, ge=0, le=1, description="Discount of GAE.")
+    lam: float = Field(default=0.95, ge=0, le=1, description="Lambda of GAE.")
+    clip_range_value: float = Field(default=0.2, gt=0, description="Value clip.")
+    vf_coef: float = Field(default=0.1, ge=0, description="Weight of the value loss.")
+    whiten_rewards: bool = Field(default=False, description="Whiten per-token rewards before GAE.")
+    score_baseline: Literal["batch_mean", "none"] = Field(default="batch_mean", description=(
+        "Subtract the batch's mean reward-model score before GAE (the value head starts at zero)."))
+
+
+class RLOOConfig(PolicyConfig):
+    batch_size: int = Field(default=4, ge=1, description="Prompts per step (each answered samples_per_prompt times).")
+    samples_per_prompt: int = Field(default=4, ge=2, description="Answers sampled per prompt (k): each one's baseline is "
+                                                                 "the mean reward of the other k - 1.")
+    normalize_advantages: bool = Field(default=True, description="Whiten the leave-one-out advantages over the batch.")
 
 
 class RewardConfig(Hyperparameters):

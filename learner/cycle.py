@@ -18,8 +18,10 @@ from learner import dataset
 from learner.gates import run_gates
 from learner.store import EventStore
 from learner.promotion import start_canary
-from learner.config import PPOConfig, RewardConfig
-from learner.ppo import PPOTrainer, write_history
+from learner.config import PolicyConfig, PPOConfig, RewardConfig, RLOOConfig
+from learner.policy import write_history
+from learner.ppo import PPOTrainer
+from learner.rloo import RLOOTrainer
 from learner.registry import Registry
 from learner.reward_model import load_current, refresh
 from learner.settings import LearnerSettings
@@ -43,7 +45,11 @@ class CycleReport:
     seconds: float = 0.0
 
 
-def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *, rollouts=None) -> CycleReport:
+# the learner a cycle runs, by the type of its hyperparameters (RLHF_ALGORITHM picks them: settings.policy)
+TRAINERS = {PPOConfig: PPOTrainer, RLOOConfig: RLOOTrainer}
+
+
+def run_cycle(settings: LearnerSettings, policy: PolicyConfig, reward: RewardConfig, *, rollouts=None) -> CycleReport:
     started = time.perf_counter()
     store = EventStore(settings.dataset_path)
     try:
@@ -68,8 +74,8 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     if scorer is None:
         return CycleReport(None, "no reward model passed its held-out check", seconds=time.perf_counter() - started)
 
-    # 2. PPO from the active adapter on logged prompts (plus the prompt file), answers as long as users read
-    ppo = at_users_length(ppo, usage)
+    # 2. PPO (or RLOO) from the active adapter on logged prompts (plus the prompt file), answers as long as users read
+    policy = at_users_length(policy, usage)
     registry = Registry.from_settings(settings)
     parent = registry.read_pointer().active
     prompts = list(data.prompts)
@@ -79,7 +85,8 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_dir = settings.learner_dir / "runs" / run_id
     incumbent = registry.version_path(parent) if parent else None
-    trainer = PPOTrainer(settings.model_dir, run_dir, ppo, score=scorer.score, warm_start=incumbent, rollouts=rollouts)
+    trainer = TRAINERS[type(policy)](settings.model_dir, run_dir, policy, score=scorer.score, warm_start=incumbent,
+                                     rollouts=rollouts)
     history = trainer.train(prompts)
     write_history(run_dir / "ppo_history.jsonl", history)
     adapter = trainer.save_adapter(run_dir / "candidate")
@@ -94,7 +101,8 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
               "feedback_events": feedback_count, "pairs": len(data.pairs), "thumbs": len(data.pointwise)}
     candidate = registry.publish(adapter, {
         "parent": parent, "data_window": window, "reward_model": rm_version,
-        "reward_model_heldout": rm_report.heldout, "hyperparameters": {"ppo": ppo.model_dump(), "reward": reward.model_dump()},
+        "reward_model_heldout": rm_report.heldout, "hyperparameters": {"algorithm": trainer_name(policy), trainer_name(policy): policy.model_dump(),
+                            "reward": reward.model_dump()},
         "ppo_final": history[-1] if history else None, "run": str(run_dir),
         "ppo_history": [{"step": row["step"], "reward": row["objective/scores"], "kl": row["objective/kl"]} for row in history],
     }, gate_report)
@@ -108,9 +116,13 @@ def run_cycle(settings: LearnerSettings, ppo: PPOConfig, reward: RewardConfig, *
                        gate_report["failed"], canary, time.perf_counter() - started)
 
 
-def at_users_length(ppo: PPOConfig, usage: SamplingProfile) -> PPOConfig:
-    """PPO's max_new_tokens 0 stands for the users' longest length (their p95)."""
-    return ppo.model_copy(update={"max_new_tokens": usage.longest}) if ppo.max_new_tokens == 0 else ppo
+def trainer_name(policy: PolicyConfig) -> str:
+    return TRAINERS[type(policy)].name.lower()
+
+
+def at_users_length(policy: PolicyConfig, usage: SamplingProfile) -> PolicyConfig:
+    """max_new_tokens 0 stands for the users' longest length (their p95)."""
+    return policy.model_copy(update={"max_new_tokens": usage.longest}) if policy.max_new_tokens == 0 else policy
 
 
 if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with RLHF_PPO / RLHF_REWARD hyperparameters (vLLM spawns)
@@ -122,5 +134,5 @@ if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with RLHF_PPO
 
     configure_logging("learner-cycle")
     settings = load_settings(LearnerSettings)
-    print(json.dumps(dataclasses.asdict(run_cycle(settings, settings.ppo, settings.reward))))
+    print(json.dumps(dataclasses.asdict(run_cycle(settings, settings.policy, settings.reward))))
     sys.exit(0)

@@ -50,7 +50,7 @@ import torch
 from learner.dataset import as_messages
 from learner.degeneration import Degeneration, degeneration, shares
 from learner.judge import Judge
-from learner.ppo import collate, response_logprobs
+from learner.policy import collate, response_logprobs
 from learner.rollout import Rollout, VLLMRollouts
 from learner.safety import LlamaGuard, ProfanityCheck, SafetyClassifier
 from learner.settings import LearnerSettings

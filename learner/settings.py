@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from feedback.settings import RuntimeSettings, readable_model_dir
-from learner.config import PPOConfig, RewardConfig
+from learner.config import PolicyConfig, PPOConfig, RewardConfig, RLOOConfig
 
 
 class LearnerSettings(RuntimeSettings):
@@ -49,9 +50,18 @@ class LearnerSettings(RuntimeSettings):
         default=None, gt=0, description="The learner deletes stored events older than this (checked hourly); unset: "
                                         "kept until `rlhf-loop feedback forget` or the store is removed.")
     prompt_file: Path | None = Field(default=None, description="Extra PPO prompts: JSON Lines of {\"prompt\": ...}.")
+    algorithm: Literal["ppo", "rloo"] = Field(
+        default="ppo", description="The learner of a cycle: ppo (clipped PPO with a value head and GAE, learner/ppo.py) or "
+                                   "rloo (k answers per prompt, leave-one-out baseline, no critic, learner/rloo.py). Both "
+                                   "train a LoRA on the reward model with the KL penalty to the reference.",
+    )
     ppo: PPOConfig = Field(
         default_factory=PPOConfig, description="PPO hyperparameters of the learner's cycles: RLHF_PPO__STEPS=10 (one field), "
                                                "or RLHF_PPO as JSON ({\"steps\": 10}); see the rows below.",
+    )
+    rloo: RLOOConfig = Field(
+        default_factory=RLOOConfig, description="RLOO hyperparameters (RLHF_ALGORITHM=rloo): RLHF_RLOO__SAMPLES_PER_PROMPT=4, "
+                                                "or RLHF_RLOO as JSON; see the rows below.",
     )
     reward: RewardConfig = Field(
         default_factory=RewardConfig, description="Reward-model hyperparameters of the learner's cycles: RLHF_REWARD__EPOCHS=1, "
@@ -160,6 +170,11 @@ class LearnerSettings(RuntimeSettings):
     @classmethod
     def _guard_is_a_model_directory(cls, value: Path | None) -> Path | None:
         return readable_model_dir(value)
+
+    @property
+    def policy(self) -> PolicyConfig:
+        """The hyperparameters of the chosen learner (RLHF_ALGORITHM)."""
+        return getattr(self, self.algorithm)
 
     @property
     def dataset_path(self) -> Path:

@@ -179,7 +179,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     configure_logging("learner")
     if not settings.model_dir.is_dir():
         return _fail(f"no model at {settings.model_dir}: run `rlhf-loop model prepare` or set RLHF_MODEL")
-    report = run_cycle(settings, settings.ppo, settings.reward)
+    report = run_cycle(settings, settings.policy, settings.reward)
     print(json.dumps(dataclasses.asdict(report), indent=2))
     return 0
 

@@ -38,7 +38,8 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from feedback.settings import RuntimeSettings  # noqa: E402
 from learner.dataset import FeedbackData, as_messages  # noqa: E402
-from learner.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from learner.config import PPOConfig  # noqa: E402
+from learner.ppo import PPOTrainer  # noqa: E402
 from learner.reward_model import RewardModel, load_current, refresh  # noqa: E402
 from learner.rollout import VLLMRollouts  # noqa: E402
 from rlhf_loop.model import prepare  # noqa: E402

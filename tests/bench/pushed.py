@@ -29,8 +29,10 @@ from pathlib import Path  # noqa: E402
 from feedback.settings import RuntimeSettings  # noqa: E402
 from learner.dataset import FeedbackData, Pair, Pointwise, as_messages  # noqa: E402
 from learner.gates import run_gates  # noqa: E402
-from learner.ppo import PPOConfig, PPOTrainer  # noqa: E402
-from learner.reward_model import RewardConfig, load_current, refresh  # noqa: E402
+from learner.config import PPOConfig  # noqa: E402
+from learner.ppo import PPOTrainer  # noqa: E402
+from learner.config import RewardConfig  # noqa: E402
+from learner.reward_model import load_current, refresh  # noqa: E402
 from learner.rollout import VLLMRollouts  # noqa: E402
 from learner.settings import LearnerSettings  # noqa: E402
 from learner.usage import SamplingProfile  # noqa: E402

@@ -1,0 +1,286 @@
+"""What the policy-gradient learners share (learner/ppo.py, learner/rloo.py): the LoRA policy and its
+reference, vLLM rollouts, scoring by the reward model, the KL to the reference, checkpoints, DDP.
+
+Policy: base + LoRA (warm-started from the active adapter), with a value head on the same trunk for
+the learners that have a critic. Reference: the same weights with the adapter disabled (or the
+incumbent adapter, frozen), so no second model copy sits in memory. Each learner writes only its
+`train_step`: how rewards become advantages, and its loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import structlog
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import Progress
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from learner import ppo_math as M
+from learner.config import LORA_TARGET_MODULES, PolicyConfig
+from learner.distributed import gather, rank_and_world
+from learner.dataset import as_messages
+from learner.rollout import VLLMRollouts
+
+log = structlog.get_logger(__name__)
+
+
+class PolicyWithValue(nn.Module):
+    """A PEFT causal LM and, for a learner with a critic, a scalar value head reading its last hidden
+    layer (zero at the start). Without a head, values are None."""
+
+    def __init__(self, peft_model, value_head: bool = True) -> None:
+        super().__init__()
+        self.lm = peft_model
+        self.value_head = nn.Linear(peft_model.config.hidden_size, 1) if value_head else None
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.value_head is None:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits, None
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L, V), (B, L)
+
+
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: torch.Tensor, length: int,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the response tokens under the sampling distribution, and its logits.
+
+    logits: (B, L, V); the response of row b occupies input_ids[b, start[b] : start[b] + length].
+    Logits are divided by the sampling temperature, so ratios and KL describe the distribution
+    vLLM sampled from. Returns (B, T) log-probs and (B, T, V) logits with T = length.
+    """
+    positions = start[:, None] + torch.arange(length)[None, :]  # (B, T) positions of response tokens
+    positions = positions.clamp(max=input_ids.shape[1] - 1)
+    step_logits = torch.gather(logits, 1, (positions - 1)[:, :, None].expand(-1, -1, logits.shape[-1])) / temperature
+    tokens = torch.gather(input_ids, 1, positions)
+    logprobs = torch.log_softmax(step_logits, dim=-1).gather(-1, tokens[:, :, None]).squeeze(-1)
+    return logprobs, step_logits
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
+    attention_mask: torch.Tensor  # (B, L)
+    start: torch.Tensor  # (B,) where each response begins
+    mask: torch.Tensor  # (B, T) 1 on real response tokens
+    prompts: list
+    texts: list[str]
+
+
+def collate(rollouts, prompts, pad_id: int) -> Batch:
+    length = max(1, max(len(r.response_ids) for r in rollouts))
+    width = max(len(r.prompt_ids) for r in rollouts) + length
+    ids = torch.full((len(rollouts), width), pad_id)
+    attention = torch.zeros((len(rollouts), width), dtype=torch.long)
+    mask = torch.zeros((len(rollouts), length))
+    for row, r in enumerate(rollouts):
+        sequence = r.prompt_ids + r.response_ids
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention[row, : len(sequence)] = 1
+        mask[row, : len(r.response_ids)] = 1
+    start = torch.tensor([len(r.prompt_ids) for r in rollouts])
+    return Batch(ids, attention, start, mask, prompts, [r.text for r in rollouts])
+
+
+class PolicyTrainer:
+    """One run of a policy-gradient learner: `train()` does `config.steps` steps of the subclass's
+    `train_step`, checkpointing to `run_dir`.
+
+    Under `torchrun` (DDP, gloo on CPU, nccl on GPU) rank 0 owns the vLLM engine and broadcasts
+    the rollouts; each rank scores and evaluates its contiguous shard of the batch, the shards are
+    gathered so that advantages are computed over the whole batch, and every minibatch is split
+    across ranks with gradients averaged by DDP. Rank 0 alone writes checkpoints and adapters.
+    """
+
+    name = "policy"  # the progress bar's and the logs' name of the algorithm
+    value_head = True  # whether the learner has a critic on the policy's trunk
+    rollouts_per_prompt = 1
+
+    def __init__(self, base_model: Path, run_dir: Path, config: PolicyConfig,
+                 score: Callable[[list, list[str]], torch.Tensor], *, warm_start: Path | None = None,
+                 rollouts: VLLMRollouts | None = None, log_step: Callable[[dict], None] | None = None) -> None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(config.seed)  # the same initial LoRA and value head on every rank
+        self.rank, self.world = rank_and_world()
+        self.config, self.run_dir, self.score = config, run_dir, score
+        if config.max_new_tokens < 1:
+            raise ValueError("max_new_tokens 0 stands for the users' length: resolve it (learner.usage) before training")
+        if (config.batch_size * self.rollouts_per_prompt) % self.world or config.minibatch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} (x {self.rollouts_per_prompt} rollouts per prompt) and "
+                             f"minibatch_size {config.minibatch_size} must divide by the {self.world} processes")
+        self.base_model = base_model
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        if warm_start is not None:
+            lm = PeftModel.from_pretrained(base, warm_start, is_trainable=True, adapter_name="default")
+            if config.reference == "incumbent":
+                lm.load_adapter(warm_start, adapter_name="reference", is_trainable=False)
+        else:
+            lm = get_peft_model(base, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                                 target_modules=LORA_TARGET_MODULES))
+        self.policy = PolicyWithValue(lm, value_head=self.value_head)
+        self.ddp = DistributedDataParallel(self.policy) if self.world > 1 else self.policy
+        self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=config.learning_rate)
+        self.kl = M.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        self.step = 0
+        self.history: list[dict] = []
+        self.rollouts = rollouts
+        self.log_step = log_step or (lambda row: None)
+        self._resume()
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        checkpoint = self.run_dir / "checkpoint"
+        if not (checkpoint / "state.pt").exists():
+            return
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.policy.lm, load_file(checkpoint / "adapter" / "adapter_model.safetensors"))
+        state = torch.load(checkpoint / "state.pt", weights_only=True)  # tensors, numbers and lists only: no pickled code
+        if self.policy.value_head is not None:
+            self.policy.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl.value, self.step, self.history = state["kl_coef"], state["step"], state["history"]
+        torch.set_rng_state(state["rng"])
+        log.info("ppo.resumed", step=self.step, run_dir=str(self.run_dir))
+
+    def _checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        staging = self.run_dir / ".checkpoint.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.policy.lm.save_pretrained(staging / "adapter", selected_adapters=["default"])
+        head = self.policy.value_head.state_dict() if self.policy.value_head is not None else {}
+        torch.save({"value_head": head, "optimizer": self.optimizer.state_dict(),
+                    "kl_coef": self.kl.value, "step": self.step, "history": self.history,
+                    "rng": torch.get_rng_state()}, staging / "state.pt")
+        old = self.run_dir / "checkpoint"
+        if old.exists():
+            os.replace(old, self.run_dir / ".checkpoint.old")
+        os.replace(staging, old)
+        shutil.rmtree(self.run_dir / ".checkpoint.old", ignore_errors=True)
+
+    def save_adapter(self, directory: Path) -> Path:
+        self.policy.lm.save_pretrained(directory, selected_adapters=["default"])
+        return directory
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def train(self, prompts: list) -> list[dict]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rollouts is None and self.rank == 0:
+            self.rollouts = VLLMRollouts(self.base_model, max_model_len=1024, lora_rank=self.config.lora_rank,
+                                         kv_cache_mib=self.config.rollout_kv_cache_mib, seed=self.config.seed)
+        rng = random.Random(self.config.seed + self.step)
+        with Progress(console=Console(stderr=True), disable=self.rank != 0) as progress:  # stdout: results only
+            bar = progress.add_task(self.name, total=self.config.steps, completed=self.step)
+            while self.step < self.config.steps:
+                row = self.train_step(rng.sample(prompts, min(self.config.batch_size, len(prompts))))
+                self.history.append(row)
+                if self.rank == 0:
+                    self.log_step(row)
+                log.info(f"{self.name.lower()}.step", **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                    self._checkpoint()
+                    if self.world > 1:
+                        dist.barrier()
+                progress.update(bar, completed=self.step,
+                                description=f"{self.name} reward {row['objective/scores']:.3f} kl {row['objective/kl']:.3f}")
+        return self.history
+
+    def train_step(self, prompts: list) -> dict:
+        raise NotImplementedError
+
+    def rollout(self, prompts: list) -> Batch:
+        """Answers of the current adapter from vLLM (rank 0 generates, under a fresh name and id), one per
+        prompt given (a learner that samples k per prompt repeats each prompt k times)."""
+        c = self.config
+        generated = [None]
+        if self.rank == 0:
+            adapter = self.save_adapter(self.run_dir / "rollout-adapters" / f"step-{self.step:05d}")
+            generated[0] = self.rollouts.generate(
+                [as_messages(p) for p in prompts], adapter=adapter,
+                max_tokens=c.max_new_tokens, temperature=c.temperature, seed=c.seed * 100_003 + self.step)
+            shutil.rmtree(self.run_dir / "rollout-adapters" / f"step-{self.step - 1:05d}", ignore_errors=True)
+        if self.world > 1:
+            dist.broadcast_object_list(generated, src=0)
+        return collate(generated[0], prompts, self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Old log-probs and values (policy), reference log-probs (adapter off, or incumbent) and the reward
+        model's scores, each rank on its shard of the batch, gathered: (B, T), (B, T) or None, (B, T), (B,)."""
+        T = batch.mask.shape[1]
+        share = len(batch.prompts) // self.world
+        mine = torch.arange(self.rank * share, (self.rank + 1) * share)
+        shard = Batch(batch.input_ids[mine], batch.attention_mask[mine], batch.start[mine], batch.mask[mine],
+                      [batch.prompts[i] for i in mine], [batch.texts[i] for i in mine])
+        logits, values = self.policy(shard.input_ids, shard.attention_mask)
+        old_logprobs, _ = response_logprobs(logits, shard.input_ids, shard.start, T, self.config.temperature)
+        old_values = None
+        if values is not None:
+            old_values = gather(torch.gather(values, 1, (shard.start[:, None] + torch.arange(T)[None, :] - 1).clamp(min=0)))
+        ref_logprobs = self._reference_logprobs(shard, T)
+        del logits, values
+        scores = self.score(shard.prompts, shard.texts).detach().float()  # (B / world,)
+        return gather(old_logprobs), old_values, gather(ref_logprobs), gather(scores)
+
+    def update(self, batch: Batch, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The policy on rows `idx` of the batch, with gradients: (log-probs, step logits, values or None)."""
+        T = batch.mask.shape[1]
+        logits, values = self.ddp(batch.input_ids[idx], batch.attention_mask[idx])
+        logprobs, step_logits = response_logprobs(logits, batch.input_ids[idx], batch.start[idx], T, self.config.temperature)
+        if values is not None:
+            values = torch.gather(values, 1, (batch.start[idx, None] + torch.arange(T)[None, :] - 1).clamp(min=0))
+        return logprobs, step_logits, values
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], self.config.max_grad_norm)
+        self.optimizer.step()
+
+    def _reference_logprobs(self, batch: Batch, T: int) -> torch.Tensor:
+        lm = self.policy.lm
+        if self.config.reference == "incumbent":
+            lm.set_adapter("reference")
+            try:
+                logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            finally:
+                lm.set_adapter("default")
+        else:
+            with lm.disable_adapter():
+                logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return response_logprobs(logits, batch.input_ids, batch.start, T, self.config.temperature)[0]
+
+    @torch.no_grad()
+    def measured_kl(self, prompts: list, samples: int = 1) -> float:
+        """Mean sequence KL (k1, exact in expectation) of policy vs reference on fresh rollouts."""
+        adapter = self.save_adapter(self.run_dir / "eval-adapter" / f"step-{self.step:05d}")
+        generated = self.rollouts.generate([as_messages(p) for p in prompts] * samples, adapter=adapter,
+                                           max_tokens=self.config.max_new_tokens,
+                                           temperature=self.config.temperature, seed=777)
+        batch = collate(generated, prompts * samples, self.tokenizer.pad_token_id)
+        T = batch.mask.shape[1]
+        logits, _ = self.policy(batch.input_ids, batch.attention_mask)
+        logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, T, self.config.temperature)
+        reference = self._reference_logprobs(batch, T)
+        return ((logprobs - reference) * batch.mask).sum(1).mean().item()
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    path.write_text("\n".join(json.dumps(row) for row in history) + "\n")
