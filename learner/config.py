@@ -68,6 +68,30 @@ class RLOOConfig(PolicyConfig):
     normalize_advantages: bool = Field(default=True, description="Whiten the leave-one-out advantages over the batch.")
 
 
+class OfflineConfig(Hyperparameters):
+    """What the offline learners (DPO, KTO) read: they train on logged feedback, no sampling, no reward model."""
+
+    steps: int = Field(default=30, ge=1, description="Minibatches per run, drawn from the cycle's feedback (a bounded "
+                                                     "cost, however much feedback there is).")
+    batch_size: int = Field(default=8, ge=2, description="Examples per minibatch.")
+    learning_rate: float = Field(default=5e-4, gt=0, description="AdamW learning rate.")
+    beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL to the reference (the adapter disabled).")
+    max_length: int = Field(default=256, ge=8, description="Tokens kept per prompt + answer (the prompt cut from the left).")
+    lora_rank: int = Field(default=8, ge=1, description="LoRA rank when not warm-starting from an adapter.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha when not warm-starting.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping.")
+    seed: int = Field(default=0, description="Seed.")
+
+
+class DPOConfig(OfflineConfig):
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="Conservative DPO: assumed share of flipped labels.")
+
+
+class KTOConfig(OfflineConfig):
+    desirable_weight: float = Field(default=1.0, gt=0, description="Weight of thumbs up (and chosen answers).")
+    undesirable_weight: float = Field(default=1.0, gt=0, description="Weight of thumbs down (and rejected answers).")
+
+
 class RewardConfig(Hyperparameters):
     lora_rank: int = Field(default=16, ge=1, description="LoRA rank of the reward model.")
     lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / rank).")

@@ -18,10 +18,13 @@ from learner import dataset
 from learner.gates import run_gates
 from learner.store import EventStore
 from learner.promotion import start_canary
-from learner.config import PolicyConfig, PPOConfig, RewardConfig, RLOOConfig
+from learner.config import DPOConfig, KTOConfig, OfflineConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig
+from learner.dpo import DPOTrainer
+from learner.kto import KTOTrainer
 from learner.policy import write_history
 from learner.ppo import PPOTrainer
 from learner.rloo import RLOOTrainer
+from learner.rollout import VLLMRollouts
 from learner.registry import Registry
 from learner.reward_model import load_current, refresh
 from learner.settings import LearnerSettings
@@ -46,10 +49,11 @@ class CycleReport:
 
 
 # the learner a cycle runs, by the type of its hyperparameters (RLHF_ALGORITHM picks them: settings.policy)
-TRAINERS = {PPOConfig: PPOTrainer, RLOOConfig: RLOOTrainer}
+TRAINERS = {PPOConfig: PPOTrainer, RLOOConfig: RLOOTrainer, DPOConfig: DPOTrainer, KTOConfig: KTOTrainer}
 
 
-def run_cycle(settings: LearnerSettings, policy: PolicyConfig, reward: RewardConfig, *, rollouts=None) -> CycleReport:
+def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, reward: RewardConfig, *,
+              rollouts=None) -> CycleReport:
     started = time.perf_counter()
     store = EventStore(settings.dataset_path)
     try:
@@ -67,15 +71,16 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig, reward: RewardCon
     if not data.pairs and not data.pointwise:
         return CycleReport(None, "no joined feedback yet", seconds=time.perf_counter() - started)
 
-    # 1. refresh the reward model (kept only if not worse on held-out data)
+    # 1. refresh the reward model (kept only if not worse on held-out data): PPO and RLOO train on it, and
+    # the win-rate gate reads it whatever the learner
     rm_root = settings.learner_dir / "reward_models"
     rm_report = refresh(settings.model_dir, rm_root, data, reward)
     scorer, rm_version = load_current(settings.model_dir, rm_root, reward) or (None, None)
     if scorer is None:
         return CycleReport(None, "no reward model passed its held-out check", seconds=time.perf_counter() - started)
 
-    # 2. PPO (or RLOO) from the active adapter on logged prompts (plus the prompt file), answers as long as users read
-    policy = at_users_length(policy, usage)
+    # 2. the learner, from the active adapter: PPO or RLOO on logged prompts (plus the prompt file), answers as
+    # long as users read; DPO or KTO on the logged feedback itself
     registry = Registry.from_settings(settings)
     parent = registry.read_pointer().active
     prompts = list(data.prompts)
@@ -85,13 +90,21 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig, reward: RewardCon
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_dir = settings.learner_dir / "runs" / run_id
     incumbent = registry.version_path(parent) if parent else None
-    trainer = TRAINERS[type(policy)](settings.model_dir, run_dir, policy, score=scorer.score, warm_start=incumbent,
-                                     rollouts=rollouts)
-    history = trainer.train(prompts)
+    if isinstance(policy, OfflineConfig):
+        trainer = TRAINERS[type(policy)](settings.model_dir, run_dir, policy, warm_start=incumbent)
+        history = trainer.train(data)
+    else:
+        policy = at_users_length(policy, usage)
+        trainer = TRAINERS[type(policy)](settings.model_dir, run_dir, policy, score=scorer.score, warm_start=incumbent,
+                                         rollouts=rollouts)
+        history = trainer.train(prompts)
+        rollouts = trainer.rollouts
     write_history(run_dir / "ppo_history.jsonl", history)
     adapter = trainer.save_adapter(run_dir / "candidate")
-    rollouts = trainer.rollouts
     del trainer  # free the policy before the gates load their own copy
+    if rollouts is None:  # an offline learner sampled nothing: the gates' engine
+        rollouts = VLLMRollouts(settings.model_dir, max_model_len=1024, lora_rank=policy.lora_rank,
+                                kv_cache_mib=settings.ppo.rollout_kv_cache_mib, seed=policy.seed)
 
     # 3. gates, against the incumbent (the active adapter, or the base model)
     gate_report = run_gates(settings.model_dir, adapter, incumbent, scorer.score, rollouts, settings, usage)
@@ -116,7 +129,7 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig, reward: RewardCon
                        gate_report["failed"], canary, time.perf_counter() - started)
 
 
-def trainer_name(policy: PolicyConfig) -> str:
+def trainer_name(policy: PolicyConfig | OfflineConfig) -> str:
     return TRAINERS[type(policy)].name.lower()
 
 

@@ -34,6 +34,25 @@ from learner.rollout import VLLMRollouts
 log = structlog.get_logger(__name__)
 
 
+def lora_policy(base_model: Path, warm_start: Path | None, lora_rank: int, lora_alpha: int,
+                incumbent_reference: bool = False):
+    """(tokenizer, the base model with a trainable LoRA "default"): warm-started from an adapter (the active
+    one), else new on every attention projection; with `incumbent_reference`, that adapter again, frozen,
+    as "reference". The reference of every learner is this model with its adapter disabled (or "reference")."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    if warm_start is None:
+        return tokenizer, get_peft_model(base, LoraConfig(r=lora_rank, lora_alpha=lora_alpha,
+                                                          target_modules=LORA_TARGET_MODULES))
+    lm = PeftModel.from_pretrained(base, warm_start, is_trainable=True, adapter_name="default")
+    if incumbent_reference:
+        lm.load_adapter(warm_start, adapter_name="reference", is_trainable=False)
+    return tokenizer, lm
+
+
 class PolicyWithValue(nn.Module):
     """A PEFT causal LM and, for a learner with a critic, a scalar value head reading its last hidden
     layer (zero at the start). Without a head, values are None."""
@@ -111,9 +130,6 @@ class PolicyTrainer:
     def __init__(self, base_model: Path, run_dir: Path, config: PolicyConfig,
                  score: Callable[[list, list[str]], torch.Tensor], *, warm_start: Path | None = None,
                  rollouts: VLLMRollouts | None = None, log_step: Callable[[dict], None] | None = None) -> None:
-        from peft import LoraConfig, PeftModel, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         torch.manual_seed(config.seed)  # the same initial LoRA and value head on every rank
         self.rank, self.world = rank_and_world()
         self.config, self.run_dir, self.score = config, run_dir, score
@@ -123,15 +139,8 @@ class PolicyTrainer:
             raise ValueError(f"batch_size {config.batch_size} (x {self.rollouts_per_prompt} rollouts per prompt) and "
                              f"minibatch_size {config.minibatch_size} must divide by the {self.world} processes")
         self.base_model = base_model
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-        if warm_start is not None:
-            lm = PeftModel.from_pretrained(base, warm_start, is_trainable=True, adapter_name="default")
-            if config.reference == "incumbent":
-                lm.load_adapter(warm_start, adapter_name="reference", is_trainable=False)
-        else:
-            lm = get_peft_model(base, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                                 target_modules=LORA_TARGET_MODULES))
+        self.tokenizer, lm = lora_policy(base_model, warm_start, config.lora_rank, config.lora_alpha,
+                                         incumbent_reference=config.reference == "incumbent")
         self.policy = PolicyWithValue(lm, value_head=self.value_head)
         self.ddp = DistributedDataParallel(self.policy) if self.world > 1 else self.policy
         self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=config.learning_rate)

@@ -9,7 +9,7 @@ from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from feedback.settings import RuntimeSettings, readable_model_dir
-from learner.config import PolicyConfig, PPOConfig, RewardConfig, RLOOConfig
+from learner.config import DPOConfig, KTOConfig, OfflineConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig
 
 
 class LearnerSettings(RuntimeSettings):
@@ -50,10 +50,12 @@ class LearnerSettings(RuntimeSettings):
         default=None, gt=0, description="The learner deletes stored events older than this (checked hourly); unset: "
                                         "kept until `rlhf-loop feedback forget` or the store is removed.")
     prompt_file: Path | None = Field(default=None, description="Extra PPO prompts: JSON Lines of {\"prompt\": ...}.")
-    algorithm: Literal["ppo", "rloo"] = Field(
-        default="ppo", description="The learner of a cycle: ppo (clipped PPO with a value head and GAE, learner/ppo.py) or "
-                                   "rloo (k answers per prompt, leave-one-out baseline, no critic, learner/rloo.py). Both "
-                                   "train a LoRA on the reward model with the KL penalty to the reference.",
+    algorithm: Literal["ppo", "rloo", "dpo", "kto"] = Field(
+        default="ppo", description="The learner of a cycle. On the reward model, with sampled answers and a KL penalty to the "
+                                   "reference: ppo (clipped PPO, value head, GAE; learner/ppo.py) or rloo (k answers per "
+                                   "prompt, leave-one-out baseline, no critic; learner/rloo.py). Straight from logged "
+                                   "feedback, no sampling: dpo (duels as pairs; learner/dpo.py) or kto (thumbs; "
+                                   "learner/kto.py). Every one trains a LoRA candidate for the same gates and promotion.",
     )
     ppo: PPOConfig = Field(
         default_factory=PPOConfig, description="PPO hyperparameters of the learner's cycles: RLHF_PPO__STEPS=10 (one field), "
@@ -63,6 +65,8 @@ class LearnerSettings(RuntimeSettings):
         default_factory=RLOOConfig, description="RLOO hyperparameters (RLHF_ALGORITHM=rloo): RLHF_RLOO__SAMPLES_PER_PROMPT=4, "
                                                 "or RLHF_RLOO as JSON; see the rows below.",
     )
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Offline DPO hyperparameters (RLHF_ALGORITHM=dpo).")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="Offline KTO hyperparameters (RLHF_ALGORITHM=kto).")
     reward: RewardConfig = Field(
         default_factory=RewardConfig, description="Reward-model hyperparameters of the learner's cycles: RLHF_REWARD__EPOCHS=1, "
                                                   "or RLHF_REWARD as JSON; see the rows below.",
@@ -172,7 +176,7 @@ class LearnerSettings(RuntimeSettings):
         return readable_model_dir(value)
 
     @property
-    def policy(self) -> PolicyConfig:
+    def policy(self) -> PolicyConfig | OfflineConfig:
         """The hyperparameters of the chosen learner (RLHF_ALGORITHM)."""
         return getattr(self, self.algorithm)
 
