@@ -152,6 +152,7 @@ class Supervisor:
             env = {**env, **{f"RLHF_{name.upper()}": str(value) for name, value in self.simulation.model_dump().items()
                              if name.startswith("simulate_") and value is not None},
                    "RLHF_SIMULATE_URL": f"http://{self.settings.host}:{self.settings.port}",
+                   "RLHF_SIMULATE_MODEL": self.settings.served_model_name,
                    "RLHF_SIMULATE_METRICS_PORT": str(self.simulation.simulate_metrics_port or self.settings.port + 2)}
             self.children.append(Child("simulation", python_module("rlhf_loop.simulation", env), done_stops_all=True))
 

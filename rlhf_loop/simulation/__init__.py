@@ -54,6 +54,8 @@ class SimulationSettings(RuntimeSettings):
     simulate_users: int = Field(default=0, ge=0, description="Simulated users chatting and rating (`up --simulate-users`).")
     simulate_url: str = Field(default="http://127.0.0.1:8000", description="Serving's API as the simulated users reach "
                                                                         "it (`up` sets its own serving's).")
+    simulate_model: str = Field(default="rlhf-loop", description="The model simulated users ask for (`up` sets its "
+                                                                 "serving's RLHF_SERVED_MODEL_NAME).")
     simulate_preference: str = Field(
         default="concise_question", description="What simulated users like: a preference of the suite (concise_question, "
                                                 "lists, polite, examples, facts, concise_lists) or a Python file with "
@@ -139,7 +141,7 @@ class Simulation:
         s = self.settings
         while not stop.is_set():
             prompt = rng.choice(self.prompts)
-            body = {"model": s.served_model_name, "messages": [{"role": "user", "content": prompt}], "user": name,
+            body = {"model": s.simulate_model, "messages": [{"role": "user", "content": prompt}], "user": name,
                     "max_tokens": s.simulate_max_tokens, "temperature": s.simulate_temperature}
             try:
                 if rng.random() < s.simulate_duel_share:
@@ -281,6 +283,9 @@ async def simulate(settings: SimulationSettings, stop: asyncio.Event) -> dict[st
                     await asyncio.wait_for(stop.wait(), 10.0)
                 except TimeoutError:
                     pass
+                for task in users:  # a user that died of a bug stops the simulation loudly, not silently
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()
                 report = await asyncio.to_thread(sim.report, registry)
                 write_report(report_path, report)
                 if report["p_value"] is not None:

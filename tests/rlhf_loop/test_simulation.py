@@ -126,3 +126,23 @@ def test_the_learner_processes_never_import_the_simulation_or_its_preferences() 
     code = "import sys, learner.__main__, learner.cycle; print(sorted(m for m in sys.modules if m.startswith('rlhf_loop')))"
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_simulated_users_chat_and_rate_through_the_http_layer(http_serving, tmp_path: Path) -> None:
+    """The users are clients of serving's public API (the stand-in engine answers): they chat, duel and
+    rate until stopped, and every rating is accepted."""
+    import asyncio
+
+    from rlhf_loop.simulation import simulate
+
+    settings = SimulationSettings(_env_file=None, home=tmp_path, simulate_users=2, simulate_url=http_serving.base_url,
+                                  simulate_think_s=0.1, simulate_rate_share=1.0, simulate_duel_share=0.5)
+
+    async def run_for(seconds: float) -> dict:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        return await simulate(settings, stop)
+
+    report = asyncio.run(run_for(3.0))
+    assert report["answers"] >= 4 and report["ratings"] >= 2, report
+    assert report["answers_by_adapter"] == {"base": report["answers"]}
