@@ -74,7 +74,7 @@ class OfflineConfig(Hyperparameters):
     steps: int = Field(default=30, ge=1, description="Minibatches per run, drawn from the cycle's feedback (a bounded "
                                                      "cost, however much feedback there is).")
     batch_size: int = Field(default=8, ge=2, description="Examples per minibatch.")
-    learning_rate: float = Field(default=5e-4, gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(default=1e-4, gt=0, description="AdamW learning rate.")
     beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL to the reference (the adapter disabled).")
     max_length: int = Field(default=256, ge=8, description="Tokens kept per prompt + answer (the prompt cut from the left).")
     lora_rank: int = Field(default=8, ge=1, description="LoRA rank when not warm-starting from an adapter.")

@@ -301,3 +301,20 @@ def stand_in_engine(engine: StandInEngine | None = None):
     async def start(settings, state):
         yield engine or StandInEngine()
     return start
+
+
+# -- the learners' held-out check: answers to prompts no learner trained on, scored by the rule's reward model --
+LEARNER_TOPICS = ["rivers", "owls", "bread", "chess", "jazz", "tea", "maps", "bees", "kites", "coral", "deserts", "robots"]
+# short answers end inside the token budget, so how an answer ends (the hidden rule) is learnable
+LEARNER_PROMPTS = [(("user", f"In one short sentence, what are {t}?"),) for t in LEARNER_TOPICS]
+LEARNER_TRAIN, LEARNER_HELD_OUT = LEARNER_PROMPTS[:8], LEARNER_PROMPTS[8:]
+HELD_OUT_MAX_TOKENS = 40
+
+
+def held_out_scores(rollouts, scorer, adapter: Path | None, samples: int = 24):
+    """The reward model's scores of `samples` answers per held-out prompt, sampled at temperature 1 (seed 11)."""
+    prompts = LEARNER_HELD_OUT * samples
+    outputs = rollouts.generate([[{"role": role, "content": text} for role, text in p] for p in prompts],
+                                adapter=adapter, max_tokens=HELD_OUT_MAX_TOKENS, temperature=1.0, seed=11)
+    return scorer.score(prompts, [o.text for o in outputs])
+

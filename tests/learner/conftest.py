@@ -9,7 +9,7 @@ import pytest
 
 from learner.dataset import FeedbackData, Pair
 from learner.reward_model import RefreshReport, refresh
-from tests.helpers import RULE_CONFIG, synthetic
+from tests.helpers import RULE_CONFIG, held_out_scores, synthetic
 
 @pytest.fixture(scope="session")
 def rule_reward_model(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RefreshReport, list[Pair]]:
@@ -28,3 +28,20 @@ def rollouts(prepared_model: Path):
     engine = VLLMRollouts(prepared_model, max_model_len=512, lora_rank=8, kv_cache_mib=128)
     yield engine
     engine.llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rule_scorer(prepared_model: Path, rule_reward_model):
+    """The rule's reward model, loaded to score answers (up to 96 tokens of prompt + answer)."""
+    from learner.config import RewardConfig
+    from learner.reward_model import load_current
+
+    scorer, _ = load_current(prepared_model, rule_reward_model[0], RewardConfig(max_length=96))
+    return scorer
+
+
+@pytest.fixture(scope="session")
+def base_held_out_scores(rollouts, rule_scorer):
+    """The base model's held-out scores, the "before" of every learner's test (sampled once)."""
+    return held_out_scores(rollouts, rule_scorer, None)
+

@@ -17,8 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from learner.gates import GATES, correct, golden_set, load_set, repetition, run_gates
 from learner.judge import Judge
-from learner.config import RewardConfig
-from learner.reward_model import load_current
 from learner.settings import LearnerSettings
 from learner.stats import mcnemar_worse, wilson
 from learner.usage import sampling_profile
@@ -57,9 +55,8 @@ def test_golden_questions_are_graded_by_their_keys(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def gate_env(prepared_model: Path, rule_reward_model, rollouts, tmp_path_factory: pytest.TempPathFactory):
-    root, _, _ = rule_reward_model
-    scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=96))
+def gate_env(prepared_model: Path, rule_scorer, rollouts, tmp_path_factory: pytest.TempPathFactory):
+    scorer = rule_scorer
     home = tmp_path_factory.mktemp("gates")
     settings = LearnerSettings(_env_file=None, home=home, gate_samples=1, gate_golden_max_tokens=16)
     usage = sampling_profile(seeded_store(home / "events.sqlite", USERS).recent("interaction", settings.usage_window),

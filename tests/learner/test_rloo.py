@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.config import RewardConfig, RLOOConfig
-from learner.reward_model import load_current
+from learner.config import RLOOConfig
 from learner.rloo import RLOOTrainer, leave_one_out_advantages, sequence_rewards
 from learner.stats import welch_greater
+from tests.helpers import HELD_OUT_MAX_TOKENS, LEARNER_HELD_OUT, LEARNER_TRAIN, held_out_scores
 
 
 def test_leave_one_out_advantage_is_reward_less_the_mean_of_the_others() -> None:
@@ -36,32 +36,21 @@ def test_sequence_reward_is_score_less_the_penalised_kl_of_real_tokens() -> None
     assert torch.allclose(sequence_rewards(scores, kl, mask, 0.5), torch.tensor([1.0 - 0.15, -0.5 - 0.15]))
 
 
-TOPICS = ["rivers", "owls", "bread", "chess", "jazz", "tea", "maps", "bees", "kites", "coral", "deserts", "robots"]
-PROMPTS = [(("user", f"In one short sentence, what are {t}?"),) for t in TOPICS]
-TRAIN, HELD_OUT = PROMPTS[:8], PROMPTS[8:]
-CONFIG = RLOOConfig(steps=4, batch_size=4, samples_per_prompt=4, minibatch_size=8, ppo_epochs=2, max_new_tokens=40,
-                    learning_rate=5e-4, kl_coef=0.05, kl_target=12.0)
+# a light run (one update of 16 answers a step): the leave-one-out signal is strong enough to show in 3 steps
+CONFIG = RLOOConfig(steps=3, batch_size=4, samples_per_prompt=4, minibatch_size=16, ppo_epochs=1,
+                    max_new_tokens=HELD_OUT_MAX_TOKENS, learning_rate=1e-3, kl_coef=0.05, kl_target=12.0)
 
 
 @pytest.mark.slow
-def test_rloo_raises_held_out_reward_within_kl_budget(prepared_model: Path, rule_reward_model, rollouts,
-                                                      tmp_path: Path) -> None:
-    root, _, _ = rule_reward_model
-    scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=96))
-    trainer = RLOOTrainer(prepared_model, tmp_path / "run", CONFIG, lambda p, t: scorer.score(p, t), rollouts=rollouts)
+def test_rloo_raises_held_out_reward_within_kl_budget(prepared_model: Path, rule_scorer, rollouts,
+                                                      base_held_out_scores, tmp_path: Path) -> None:
+    trainer = RLOOTrainer(prepared_model, tmp_path / "run", CONFIG, lambda p, t: rule_scorer.score(p, t), rollouts=rollouts)
     assert trainer.policy.value_head is None  # critic-free
-
-    def held_out(samples: int = 24) -> torch.Tensor:
-        adapter = trainer.save_adapter(tmp_path / "eval" / f"step-{trainer.step}")
-        outputs = rollouts.generate([[{"role": "user", "content": p[0][1]}] for p in HELD_OUT * samples],
-                                    adapter=adapter, max_tokens=CONFIG.max_new_tokens, temperature=1.0, seed=11)
-        return scorer.score(HELD_OUT * samples, [o.text for o in outputs])
-
-    before = held_out()
-    history = trainer.train(TRAIN)
-    assert [row["step"] for row in history] == [1, 2, 3, 4] and "loss/value" not in history[-1]
-    after = held_out()
-    kl = trainer.measured_kl(HELD_OUT, samples=8)
+    history = trainer.train(LEARNER_TRAIN)
+    assert [row["step"] for row in history] == [1, 2, 3] and "loss/value" not in history[-1]
+    before = base_held_out_scores
+    after = held_out_scores(rollouts, rule_scorer, trainer.save_adapter(tmp_path / "eval"))
+    kl = trainer.measured_kl(LEARNER_HELD_OUT, samples=8)
     p_value = welch_greater(after.tolist(), before.tolist())
     assert after.mean() > before.mean() and p_value < 0.05, (before.mean().item(), after.mean().item(), p_value)
     assert 0.0 <= kl < CONFIG.kl_target, kl
