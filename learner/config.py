@@ -25,8 +25,18 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class PolicyConfig(Hyperparameters):
-    """What every policy-gradient learner (PPO, RLOO) reads: rollouts, the LoRA, the KL to the reference."""
+class LoRATraining(Hyperparameters):
+    """What every learner of the policy reads: the LoRA it trains and its optimizer."""
+
+    learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
+    lora_rank: int = Field(default=8, ge=1, description="LoRA rank when not warm-starting from an adapter.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha when not warm-starting.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping.")
+    seed: int = Field(default=0, description="Seed.")
+
+
+class PolicyConfig(LoRATraining):
+    """What every policy-gradient learner (PPO, RLOO) reads: rollouts and the KL to the reference."""
 
     steps: int = Field(default=5, ge=1, description="Steps (rollouts + update) per run.")
     batch_size: int = Field(default=16, ge=1, description="Prompts per step.")
@@ -36,19 +46,14 @@ class PolicyConfig(Hyperparameters):
         "Longest response generated; 0: the p95 max_tokens of recent interactions (learner/usage.py), so the "
         "policy is trained on the lengths users read and a cut answer is scored as cut."))
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of rollouts.")
-    learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
-    lora_rank: int = Field(default=8, ge=1, description="LoRA rank when not warm-starting from an adapter.")
-    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha when not warm-starting.")
     clip_range: float = Field(default=0.2, gt=0, description="Policy ratio clip.")
     kl_coef: float = Field(default=0.05, ge=0, description="Initial KL penalty coefficient (beta).")
     kl_target: float = Field(default=1.0, gt=0, description="Target sequence KL (nats) of the adaptive controller.")
     kl_horizon: int = Field(default=1000, ge=1, description="Horizon of the adaptive KL controller.")
     kl_estimator: Literal["k1", "k3"] = Field(default="k3", description="Per-token KL estimator in the reward.")
     reference: Literal["base", "incumbent"] = Field(default="base", description="KL reference: base model or incumbent adapter.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping.")
     rollout_kv_cache_mib: int = Field(default=256, ge=16, description="KV cache of the rollout engine, in MiB (one batch of rollouts).")
     checkpoint_every: int = Field(default=5, ge=1, description="Steps between resumable checkpoints.")
-    seed: int = Field(default=0, description="Seed.")
 
 
 class PPOConfig(PolicyConfig):
@@ -68,7 +73,7 @@ class RLOOConfig(PolicyConfig):
     normalize_advantages: bool = Field(default=True, description="Whiten the leave-one-out advantages over the batch.")
 
 
-class OfflineConfig(Hyperparameters):
+class OfflineConfig(LoRATraining):
     """What the offline learners (DPO, KTO) read: they train on logged feedback, no sampling, no reward model."""
 
     steps: int = Field(default=30, ge=1, description="Minibatches per run, drawn from the cycle's feedback (a bounded "
@@ -77,10 +82,6 @@ class OfflineConfig(Hyperparameters):
     learning_rate: float = Field(default=1e-4, gt=0, description="AdamW learning rate.")
     beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL to the reference (the adapter disabled).")
     max_length: int = Field(default=256, ge=8, description="Tokens kept per prompt + answer (the prompt cut from the left).")
-    lora_rank: int = Field(default=8, ge=1, description="LoRA rank when not warm-starting from an adapter.")
-    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha when not warm-starting.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping.")
-    seed: int = Field(default=0, description="Seed.")
 
 
 class DPOConfig(OfflineConfig):

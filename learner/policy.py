@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from learner import ppo_math as M
 from learner.config import LORA_TARGET_MODULES, PolicyConfig
-from learner.distributed import gather, rank_and_world
+from learner.distributed import gather, mean_over_ranks, rank_and_world
 from learner.dataset import as_messages
 from learner.rollout import VLLMRollouts
 
@@ -213,6 +214,39 @@ class PolicyTrainer:
 
     def train_step(self, prompts: list) -> dict:
         raise NotImplementedError
+
+    def sample_and_score(self, prompts: list):
+        """A step's first half, the same for every learner: rollouts of `prompts`, then old and reference
+        log-probs, values (or None) and scores; with the step's start and timings so far."""
+        started = time.perf_counter()
+        batch = self.rollout(prompts)
+        timings = {"time/rollout_s": time.perf_counter() - started}
+        t = time.perf_counter()
+        old_logprobs, old_values, ref_logprobs, scores = self.evaluate(batch)
+        timings["time/scoring_s"] = time.perf_counter() - t
+        return started, timings, batch, old_logprobs, old_values, ref_logprobs, scores
+
+    def finish_step(self, started: float, timings: dict[str, float], batch: Batch, scores: torch.Tensor,
+                    kl: torch.Tensor, rlhf_reward: torch.Tensor, stats: dict[str, list[float]]) -> dict:
+        """A step's end: adapt the KL coefficient to the measured sequence KL, count the step, and the row
+        it logs (`stats`: per-minibatch losses, clip fractions, entropies, averaged over ranks)."""
+        sequence_kl = kl.sum(1).mean().item()
+        self.kl.update(sequence_kl, len(batch.prompts))
+        self.step += 1
+        averaged = mean_over_ranks({key: sum(xs) / len(xs) for key, xs in stats.items()})
+        return {
+            "step": self.step,
+            "objective/scores": scores.mean().item(),
+            "objective/kl": sequence_kl,
+            "objective/kl_coef": self.kl.value,
+            "objective/rlhf_reward": rlhf_reward.mean().item(),
+            "objective/entropy": averaged.pop("entropy"),
+            "policy/clipfrac": averaged.pop("clip"),
+            **{f"loss/{key}": value for key, value in averaged.items()},
+            "response/length": batch.mask.sum(1).mean().item(),
+            **timings,
+            "time/step_s": time.perf_counter() - started,
+        }
 
     def rollout(self, prompts: list) -> Batch:
         """Answers of the current adapter from vLLM (rank 0 generates, under a fresh name and id), one per

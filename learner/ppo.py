@@ -13,7 +13,6 @@ import time
 import torch
 
 from learner import ppo_math as M
-from learner.distributed import mean_over_ranks
 from learner.policy import PolicyTrainer, write_history
 
 __all__ = ["PPOTrainer", "write_history"]
@@ -25,16 +24,8 @@ class PPOTrainer(PolicyTrainer):
 
     def train_step(self, prompts: list) -> dict:
         c = self.config
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        # 1. rollouts from vLLM with the current adapter
-        batch = self.rollout(prompts)
-        timings["time/rollout_s"] = time.perf_counter() - started
-
-        # 2. old log-probs and values (policy), reference log-probs; 3. reward-model scores
-        t = time.perf_counter()
-        old_logprobs, old_values, ref_logprobs, scores = self.evaluate(batch)
-        timings["time/scoring_s"] = time.perf_counter() - t
+        # 1.-3. rollouts from vLLM with the current adapter; old log-probs and values, reference log-probs, scores
+        started, timings, batch, old_logprobs, old_values, ref_logprobs, scores = self.sample_and_score(prompts)
 
         # 4. rewards: score on the last token, KL penalty on every token; GAE
         t = time.perf_counter()
@@ -64,22 +55,4 @@ class PPOTrainer(PolicyTrainer):
         timings["time/update_s"] = time.perf_counter() - t
 
         # 6. adapt the KL coefficient to the measured sequence KL
-        sequence_kl = (kl.sum(1)).mean().item()
-        self.kl.update(sequence_kl, len(prompts))
-        self.step += 1
-        averaged = mean_over_ranks({key: sum(xs) / len(xs) for key, xs in stats.items()})
-        return {
-            "step": self.step,
-            "objective/scores": scores.mean().item(),
-            "objective/kl": sequence_kl,
-            "objective/kl_coef": self.kl.value,
-            "objective/rlhf_reward": (scores - self.kl.value * kl.sum(1)).mean().item(),
-            "objective/entropy": averaged["entropy"],
-            "loss/policy": averaged["policy"],
-            "loss/value": averaged["value"],
-            "policy/clipfrac": averaged["clip"],
-            "response/length": batch.mask.sum(1).mean().item(),
-            **timings,
-            "time/step_s": time.perf_counter() - started,
-        }
-
+        return self.finish_step(started, timings, batch, scores, kl, scores - self.kl.value * kl.sum(1), stats)

@@ -18,7 +18,6 @@ import time
 import torch
 
 from learner import ppo_math as M
-from learner.distributed import mean_over_ranks
 from learner.policy import PolicyTrainer, write_history
 
 __all__ = ["RLOOTrainer", "leave_one_out_advantages", "sequence_rewards", "write_history"]
@@ -47,16 +46,9 @@ class RLOOTrainer(PolicyTrainer):
     def train_step(self, prompts: list) -> dict:
         c = self.config
         k = c.samples_per_prompt
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        # 1. k answers per prompt, grouped: prompt i's answers are rows i*k .. i*k + k - 1
-        batch = self.rollout([p for p in prompts for _ in range(k)])
-        timings["time/rollout_s"] = time.perf_counter() - started
-
-        # 2. old and reference log-probs, reward-model scores (shared with PPO)
-        t = time.perf_counter()
-        old_logprobs, _, ref_logprobs, scores = self.evaluate(batch)
-        timings["time/scoring_s"] = time.perf_counter() - t
+        # 1.-2. k answers per prompt, grouped (prompt i's are rows i*k .. i*k + k - 1); log-probs and scores
+        started, timings, batch, old_logprobs, _, ref_logprobs, scores = self.sample_and_score(
+            [p for p in prompts for _ in range(k)])
 
         # 3. sequence rewards with the KL penalty; leave-one-out advantages within each prompt's group
         t = time.perf_counter()
@@ -84,20 +76,4 @@ class RLOOTrainer(PolicyTrainer):
         timings["time/update_s"] = time.perf_counter() - t
 
         # 5. adapt the KL coefficient to the measured sequence KL
-        sequence_kl = kl.sum(1).mean().item()
-        self.kl.update(sequence_kl, len(batch.prompts))
-        self.step += 1
-        averaged = mean_over_ranks({key: sum(xs) / len(xs) for key, xs in stats.items()})
-        return {
-            "step": self.step,
-            "objective/scores": scores.mean().item(),
-            "objective/kl": sequence_kl,
-            "objective/kl_coef": self.kl.value,
-            "objective/rlhf_reward": rewards.mean().item(),
-            "objective/entropy": averaged["entropy"],
-            "loss/policy": averaged["policy"],
-            "policy/clipfrac": averaged["clip"],
-            "response/length": batch.mask.sum(1).mean().item(),
-            **timings,
-            "time/step_s": time.perf_counter() - started,
-        }
+        return self.finish_step(started, timings, batch, scores, kl, rewards, stats)

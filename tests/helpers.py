@@ -318,3 +318,28 @@ def held_out_scores(rollouts, scorer, adapter: Path | None, samples: int = 24):
                                 adapter=adapter, max_tokens=HELD_OUT_MAX_TOKENS, temperature=1.0, seed=11)
     return scorer.score(prompts, [o.text for o in outputs])
 
+
+def assert_held_out_reward_rises_within_kl(trainer, rollouts, scorer, before, eval_dir: Path, kl_budget: float) -> None:
+    """The reward model's score of a policy learner's held-out answers rises over the base model's (`before`),
+    beyond the noise of sampling them (one-sided Welch p < 0.05), and its KL to the reference stays in budget."""
+    from learner.stats import welch_greater
+
+    after = held_out_scores(rollouts, scorer, trainer.save_adapter(eval_dir))
+    kl = trainer.measured_kl(LEARNER_HELD_OUT, samples=8)
+    p_value = welch_greater(after.tolist(), before.tolist())
+    assert after.mean() > before.mean() and p_value < 0.05, (before.mean().item(), after.mean().item(), p_value)
+    assert 0.0 <= kl < kl_budget, kl
+
+
+def held_out_preference(trainer, pairs: list[Pair]) -> tuple[float, float]:
+    """An offline learner on held-out pairs: (one-sided binomial p-value that it prefers the chosen answer over
+    the rejected one more than the reference does, mean |log-ratio| of the answers to the reference)."""
+    import torch
+    from scipy.stats import binomtest
+
+    with torch.no_grad():
+        prompts, answers = [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        ratio = trainer.logprobs(prompts, answers) - trainer.logprobs(prompts, answers, reference=True)
+    prefers = int((ratio[: len(pairs)] > ratio[len(pairs):]).sum())
+    return binomtest(prefers, len(pairs), alternative="greater").pvalue, ratio.abs().mean().item()
+

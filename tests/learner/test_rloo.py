@@ -10,8 +10,7 @@ import torch
 
 from learner.config import RLOOConfig
 from learner.rloo import RLOOTrainer, leave_one_out_advantages, sequence_rewards
-from learner.stats import welch_greater
-from tests.helpers import HELD_OUT_MAX_TOKENS, LEARNER_HELD_OUT, LEARNER_TRAIN, held_out_scores
+from tests.helpers import HELD_OUT_MAX_TOKENS, LEARNER_TRAIN, assert_held_out_reward_rises_within_kl
 
 
 def test_leave_one_out_advantage_is_reward_less_the_mean_of_the_others() -> None:
@@ -36,8 +35,8 @@ def test_sequence_reward_is_score_less_the_penalised_kl_of_real_tokens() -> None
     assert torch.allclose(sequence_rewards(scores, kl, mask, 0.5), torch.tensor([1.0 - 0.15, -0.5 - 0.15]))
 
 
-# a light run (one update of 16 answers a step): the leave-one-out signal is strong enough to show in 3 steps
-CONFIG = RLOOConfig(steps=3, batch_size=4, samples_per_prompt=4, minibatch_size=16, ppo_epochs=1,
+# 3 steps of 4 prompts x 4 answers, two passes of two minibatches each
+CONFIG = RLOOConfig(steps=3, batch_size=4, samples_per_prompt=4, minibatch_size=8, ppo_epochs=2,
                     max_new_tokens=HELD_OUT_MAX_TOKENS, learning_rate=1e-3, kl_coef=0.05, kl_target=12.0)
 
 
@@ -48,9 +47,6 @@ def test_rloo_raises_held_out_reward_within_kl_budget(prepared_model: Path, rule
     assert trainer.policy.value_head is None  # critic-free
     history = trainer.train(LEARNER_TRAIN)
     assert [row["step"] for row in history] == [1, 2, 3] and "loss/value" not in history[-1]
-    before = base_held_out_scores
-    after = held_out_scores(rollouts, rule_scorer, trainer.save_adapter(tmp_path / "eval"))
-    kl = trainer.measured_kl(LEARNER_HELD_OUT, samples=8)
-    p_value = welch_greater(after.tolist(), before.tolist())
-    assert after.mean() > before.mean() and p_value < 0.05, (before.mean().item(), after.mean().item(), p_value)
-    assert 0.0 <= kl < CONFIG.kl_target, kl
+    # the reward model's score of held-out answers rises, beyond the noise of sampling them, within budget
+    assert_held_out_reward_rises_within_kl(trainer, rollouts, rule_scorer, base_held_out_scores, tmp_path / "eval",
+                                           CONFIG.kl_target)
