@@ -70,6 +70,9 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, r
              usage_temperature=usage.temperature)
     if not data.pairs and not data.pointwise:
         return CycleReport(None, "no joined feedback yet", seconds=time.perf_counter() - started)
+    if isinstance(policy, OfflineConfig) and not TRAINERS[type(policy)].examples(data):
+        return CycleReport(None, f"no examples for {trainer_name(policy)} in the feedback yet",
+                           seconds=time.perf_counter() - started)
 
     # 1. refresh the reward model (kept only if not worse on held-out data): PPO and RLOO train on it, and
     # the win-rate gate reads it whatever the learner

@@ -29,7 +29,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
 class DPOTrainer(OfflineTrainer):
     name = "DPO"
 
-    def examples(self, data: FeedbackData) -> list[Pair]:
+    @staticmethod
+    def examples(data: FeedbackData) -> list[Pair]:
         return list(data.pairs)
 
     def loss(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -34,7 +34,8 @@ def kto_loss(policy_desirable: torch.Tensor, policy_undesirable: torch.Tensor, p
 class KTOTrainer(OfflineTrainer):
     name = "KTO"
 
-    def examples(self, data: FeedbackData) -> list[Pointwise]:
+    @staticmethod
+    def examples(data: FeedbackData) -> list[Pointwise]:
         unpaired = [Pointwise(p.prompt, answer, label, p.user_id) for p in data.pairs
                     for answer, label in ((p.chosen, 1.0), (p.rejected, 0.0))]
         return list(data.pointwise) + unpaired

@@ -38,7 +38,9 @@ class OfflineTrainer:
         self.history: list[dict] = []
 
     # -- what a learner defines ---------------------------------------------------------------------
-    def examples(self, data: FeedbackData) -> list:
+    @staticmethod
+    def examples(data: FeedbackData) -> list:
+        """What the learner trains on in a cycle's feedback (none: the cycle has nothing to teach it yet)."""
         raise NotImplementedError
 
     def loss(self, batch: list) -> tuple[torch.Tensor, dict[str, float]]:

@@ -108,3 +108,22 @@ def test_a_forgotten_user_leaves_the_store_stays_out_and_retention_expires_old_e
     assert reopened.count("thumb") == 1
     assert reopened.expire(START + timedelta(minutes=2)) == 1  # answer 1 (START) goes; bob's thumb (minute 2) stays
     assert (reopened.count("interaction"), reopened.count("thumb")) == (0, 1)
+
+
+def test_an_offline_learner_without_its_kind_of_feedback_ends_the_cycle_with_a_reason(tmp_path: Path) -> None:
+    """DPO learns from pairs: thumbs up alone give none, and the cycle says so before any training."""
+    from learner.config import DPOConfig
+    from learner.cycle import run_cycle
+    from learner.dpo import DPOTrainer
+    from learner.kto import KTOTrainer
+    from learner.settings import LearnerSettings
+
+    ups = [answer(0), answer(1, "Another question?"), thumb(0, "up", minute=1), thumb(1, "up", minute=2)]
+    stored(tmp_path, ups).close()
+    settings = LearnerSettings(_env_file=None, home=tmp_path, max_feedback_wait_s=1)
+    (tmp_path / "learner").mkdir()
+    (tmp_path / "events.sqlite").rename(settings.dataset_path)
+    report = run_cycle(settings, DPOConfig(), settings.reward)
+    assert report.candidate is None and report.reason == "no examples for dpo in the feedback yet"
+    data = dataset.build(EventStore(settings.dataset_path), max_per_user=200, max_wait_s=3600)
+    assert not DPOTrainer.examples(data) and len(KTOTrainer.examples(data)) == 2
