@@ -15,11 +15,11 @@ import structlog
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from torch import nn
 
 from learner.config import OfflineConfig
 from learner.dataset import FeedbackData, as_messages
-from learner.policy import lora_policy
+from learner.policy import collate, lora_policy, optimizer_step, response_logprobs
+from learner.rollout import Rollout
 
 log = structlog.get_logger(__name__)
 
@@ -57,23 +57,15 @@ class OfflineTrainer:
             answer_ids = self.tokenizer(answer + self.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
             answer_ids = answer_ids[: self.config.max_length - 1]
             prompt_ids = prompt_ids[-(self.config.max_length - len(answer_ids)):]  # the prompt cut from the left
-            rows.append((prompt_ids, answer_ids))
-        width = max(len(p) + len(a) for p, a in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        answer_mask = torch.zeros((len(rows), width))
-        for row, (p, a) in enumerate(rows):
-            ids[row, : len(p) + len(a)] = torch.tensor(p + a)
-            attention[row, : len(p) + len(a)] = 1
-            answer_mask[row, len(p): len(p) + len(a)] = 1
+            rows.append(Rollout(prompt_ids, answer_ids, answer))
+        batch = collate(rows, prompts, self.tokenizer.pad_token_id)  # as the policy learners read their rollouts
         if reference:
             with torch.no_grad(), self.lm.disable_adapter():
-                logits = self.lm(input_ids=ids, attention_mask=attention).logits
+                logits = self.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         else:
-            logits = self.lm(input_ids=ids, attention_mask=attention).logits
-        # the token at position t is predicted by the logits at t - 1
-        token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        return (token_logprobs * answer_mask[:, 1:]).sum(1)
+            logits = self.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, batch.mask.shape[1])
+        return (logprobs * batch.mask).sum(1)
 
     def train(self, data: FeedbackData) -> list[dict]:
         examples = self.examples(data)
@@ -86,10 +78,7 @@ class OfflineTrainer:
             while self.step < self.config.steps:
                 batch = rng.sample(examples, min(self.config.batch_size, len(examples)))
                 loss, stats = self.loss(batch)
-                self.optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_([p for p in self.lm.parameters() if p.requires_grad], self.config.max_grad_norm)
-                self.optimizer.step()
+                optimizer_step(self.optimizer, loss, self.config.max_grad_norm)
                 self.step += 1
                 row = {"step": self.step, "loss": loss.item(), **stats}
                 self.history.append(row)

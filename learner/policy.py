@@ -54,6 +54,14 @@ def lora_policy(base_model: Path, warm_start: Path | None, lora_rank: int, lora_
     return tokenizer, lm
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float) -> None:
+    """One AdamW step of every learner: gradients of `loss`, clipped to `max_grad_norm` over what the optimizer trains."""
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
+    optimizer.step()
+
+
 class PolicyWithValue(nn.Module):
     """A PEFT causal LM and, for a learner with a critic, a scalar value head reading its last hidden
     layer (zero at the start). Without a head, values are None."""
@@ -292,10 +300,7 @@ class PolicyTrainer:
         return logprobs, step_logits, values
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], self.config.max_grad_norm)
-        self.optimizer.step()
+        optimizer_step(self.optimizer, loss, self.config.max_grad_norm)
 
     def _reference_logprobs(self, batch: Batch, T: int) -> torch.Tensor:
         lm = self.policy.lm
