@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
 S = TypeVar("S", bound=BaseSettings)
@@ -150,4 +150,8 @@ def load_settings(settings_class: type[S], cli_args: list[str] | None = None, pr
     except ValidationError as error:
         print(f"{prog or 'rlhf-loop'}: {describe_error(settings_class, error, flags=cli_args is not None)}",
               file=sys.stderr)
+        raise SystemExit(2) from None
+    except SettingsError as error:  # a value its source cannot parse at all (bad JSON for a nested model)
+        cause = f": {error.__cause__}" if error.__cause__ else ""
+        print(f"{prog or 'rlhf-loop'}: invalid setting, {error}{cause}", file=sys.stderr)
         raise SystemExit(2) from None

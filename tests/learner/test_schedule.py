@@ -43,3 +43,8 @@ def test_hyperparameters_are_typed_settings_one_spelling_refused_at_start_in_one
     for problem in ("RLHF_PPO__WHITEN_REWARDS: Input should be a valid boolean", "RLHF_PPO__STEPZ: Extra inputs",
                     "RLHF_REWARD__EPOCHS: Input should be greater than or equal to 1"):
         assert problem in bad.stderr, bad.stderr
+    # JSON that does not parse is a one-line refusal too, not a traceback
+    broken = subprocess.run([sys.executable, "-m", "learner"], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "RLHF_PPO": "{bad"})
+    assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1, broken.stderr
+    assert 'error parsing value for field "ppo"' in broken.stderr, broken.stderr
