@@ -106,6 +106,24 @@ class PairwiseEvent(Event):
         return self.conversation_id.encode()
 
 
+class CorrectionEvent(Event):
+    """A user's better answer to one response ("suggest a better answer", LangSmith's correction): the
+    learner trains on it as a demonstration and as a pair (correction over the served answer). Latest
+    wins per (user, response), like a thumb."""
+
+    event_type: Literal["correction"] = "correction"
+    conversation_id: str
+    response_id: str
+    adapter_version: str | None
+    user_id: str | None
+    correction: str = Field(min_length=1, description="The better answer, redacted if redaction is on.")
+    comment: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+    def kafka_key(self) -> bytes:
+        return self.conversation_id.encode()
+
+
 class ForgetEvent(Event):
     """A user's deletion (`rlhf-loop feedback forget --user ID`): consumers drop every event of that
     user they hold and every one that arrives later; exports leave them out."""
@@ -117,15 +135,18 @@ class ForgetEvent(Event):
         return self.user_id.encode()
 
 
-AnyEvent = Annotated[Union[InteractionEvent, ThumbEvent, PairwiseEvent, ForgetEvent], Field(discriminator="event_type")]
-_ANY_EVENT: TypeAdapter[InteractionEvent | ThumbEvent | PairwiseEvent | ForgetEvent] = TypeAdapter(AnyEvent)
+FEEDBACK_KINDS = ("thumb", "pairwise", "correction")  # the event types that rate an answer (what a cycle learns from)
+
+AnyEvent = Annotated[Union[InteractionEvent, ThumbEvent, PairwiseEvent, CorrectionEvent, ForgetEvent],
+                     Field(discriminator="event_type")]
+_ANY_EVENT: TypeAdapter[InteractionEvent | ThumbEvent | PairwiseEvent | CorrectionEvent | ForgetEvent] = TypeAdapter(AnyEvent)
 
 
 class UnknownSchemaVersion(ValueError):
     """A record written by a newer (or foreign) producer: rejected, never guessed at."""
 
 
-def parse_event(raw: bytes) -> InteractionEvent | ThumbEvent | PairwiseEvent | ForgetEvent:
+def parse_event(raw: bytes) -> InteractionEvent | ThumbEvent | PairwiseEvent | CorrectionEvent | ForgetEvent:
     """Decode one Kafka record value. Raises UnknownSchemaVersion or ValueError (malformed)."""
     try:
         data = json.loads(raw)
@@ -146,9 +167,18 @@ def parse_event(raw: bytes) -> InteractionEvent | ThumbEvent | PairwiseEvent | F
 def latest_thumbs(events: Iterable[Event]) -> list[ThumbEvent]:
     """The rule "a changed mind replaces, never doubles": one thumb per (user, response), the newest. For an anonymous thumb the answer itself is the
     subject (its feedback token names it): a replayed or changed anonymous thumb replaces, never adds."""
-    newest: dict[tuple[str | None, str], ThumbEvent] = {}
+    return _latest(events, ThumbEvent)
+
+
+def latest_corrections(events: Iterable[Event]) -> list[CorrectionEvent]:
+    """The same rule for corrections: a user's newer better answer to a response replaces the older one."""
+    return _latest(events, CorrectionEvent)
+
+
+def _latest(events: Iterable[Event], kind: type) -> list:
+    newest: dict[tuple[str | None, str], Event] = {}
     for event in events:
-        if isinstance(event, ThumbEvent):
+        if isinstance(event, kind):
             key = (event.user_id, event.response_id)
             if key not in newest or event.occurred_at >= newest[key].occurred_at:
                 newest[key] = event

@@ -20,13 +20,13 @@ from typing import Iterable, Iterator, Literal
 import structlog
 from kafka import KafkaConsumer, TopicPartition
 
-from feedback.events import (ForgetEvent, InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion,
+from feedback.events import (CorrectionEvent, ForgetEvent, InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion,
                              latest_thumbs, parse_event)
 
 log = structlog.get_logger(__name__)
 
-ExportedEvent = InteractionEvent | ThumbEvent | PairwiseEvent
-KINDS = ("interaction", "thumb", "pairwise")
+ExportedEvent = InteractionEvent | ThumbEvent | PairwiseEvent | CorrectionEvent
+KINDS = ("interaction", "thumb", "pairwise", "correction")
 
 
 def read_events(bootstrap_servers: list[str], topics: list[str], *, since: datetime | None = None,

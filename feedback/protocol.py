@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_COMMENT_CHARS = 2000
 MAX_REASONS = 10
+MAX_CORRECTION_CHARS = 8000  # about 2,000 tokens: as long as the longest answer a chat here returns
 
 
 class _Create(BaseModel):
@@ -36,6 +37,21 @@ class PairwiseFeedbackCreate(_Create):
     feedback_token_a: str = Field(min_length=1, max_length=4096)
     feedback_token_b: str = Field(min_length=1, max_length=4096)
     choice: Literal["a", "b", "tie", "both_bad"]
+
+
+class CorrectionCreate(_Create):
+    """A better answer to one response, named by the feedback token that came with it."""
+
+    feedback_token: str = Field(min_length=1, max_length=4096)
+    correction: str = Field(min_length=1, max_length=MAX_CORRECTION_CHARS,
+                            description="The answer the user would rather have received, at most 8000 characters.")
+
+    @field_validator("correction")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a correction needs some text")
+        return value
 
 
 class FeedbackAccepted(BaseModel):

@@ -15,9 +15,9 @@ import structlog
 from prometheus_client import Counter
 
 from feedback.errors import Refused
-from feedback.events import PairwiseEvent, ThumbEvent
+from feedback.events import CorrectionEvent, PairwiseEvent, ThumbEvent
 from feedback.producer import DurableProducer
-from feedback.protocol import FeedbackAccepted, FeedbackCreate, PairwiseFeedbackCreate
+from feedback.protocol import CorrectionCreate, FeedbackAccepted, FeedbackCreate, PairwiseFeedbackCreate
 from feedback.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -95,6 +95,22 @@ class FeedbackService:
         )
         return await self._accept(event, key, body.model_dump_json(exclude={"idempotency_key"}), "thumb")
 
+    async def correction(self, body: CorrectionCreate, *, user: str | None, client: str,
+                         idempotency_key: str | None) -> FeedbackAccepted:
+        rated = self._verified(body.feedback_token, "feedback_token")
+        self._check_user(rated, user)
+        self._limit(user or rated.user_id, client)
+        if not rated.store:
+            return FeedbackAccepted(id=None, stored=False)
+        key = idempotency_key or body.idempotency_key
+        event = CorrectionEvent(
+            event_id=self._event_id(key, f"correction|{rated.response_id}"),
+            conversation_id=rated.conversation_id, response_id=rated.response_id,
+            adapter_version=rated.adapter_version, user_id=user or rated.user_id, correction=self.scrub(body.correction),
+            comment=self._scrubbed(body.comment), reasons=list(body.reasons),
+        )
+        return await self._accept(event, key, body.model_dump_json(exclude={"idempotency_key"}), "correction")
+
     async def pairwise(self, body: PairwiseFeedbackCreate, *, user: str | None, client: str,
                        idempotency_key: str | None) -> FeedbackAccepted:
         a = self._verified(body.feedback_token_a, "feedback_token_a")
@@ -153,7 +169,7 @@ class FeedbackService:
             return uuid.uuid4().hex
         return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{subject}|{idempotency_key}").hex
 
-    async def _accept(self, event: ThumbEvent | PairwiseEvent, key: str | None, request_json: str, kind: str) -> FeedbackAccepted:
+    async def _accept(self, event: ThumbEvent | PairwiseEvent | CorrectionEvent, key: str | None, request_json: str, kind: str) -> FeedbackAccepted:
         request_hash = hashlib.sha256(request_json.encode()).hexdigest()
         if key is not None and event.event_id in self._seen:
             seen_hash, event_id = self._seen[event.event_id]

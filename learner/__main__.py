@@ -30,10 +30,6 @@ from learner.settings import LearnerSettings
 log = structlog.get_logger("learner")
 
 
-def _feedback_count(store: EventStore) -> int:
-    return store.count("thumb") + store.count("pairwise")
-
-
 def base_fluency(settings: LearnerSettings) -> promotion.Fluency:
     """The base model's reading of served answers, loaded (torch and all) only when a canary is up for promotion."""
     def read(canary: list, active: list) -> tuple[list[float], list[float]]:
@@ -59,7 +55,7 @@ def main() -> int:
     log.info("learner.started", dataset=str(settings.dataset_path), stored=store.count(), group=settings.consumer_group)
     registry = Registry.from_settings(settings)
     fluency = base_fluency(settings)
-    feedback_at_last_cycle, last_cycle_at = _feedback_count(store), time.monotonic()
+    feedback_at_last_cycle, last_cycle_at = store.feedback_count(), time.monotonic()
     last_promotion_check = time.monotonic()
     last_expiry = -math.inf
     cycle: subprocess.Popen | None = None
@@ -74,8 +70,8 @@ def main() -> int:
                 expired = store.expire(datetime.now(timezone.utc) - timedelta(days=settings.dataset_retention_days))
                 log.info("dataset.expired", events=expired, retention_days=settings.dataset_retention_days)
             # expired or forgotten events leave the count: new feedback is counted from what remains
-            feedback_at_last_cycle = min(feedback_at_last_cycle, _feedback_count(store))
-            new_feedback = _feedback_count(store) - feedback_at_last_cycle
+            feedback_at_last_cycle = min(feedback_at_last_cycle, store.feedback_count())
+            new_feedback = store.feedback_count() - feedback_at_last_cycle
             if cycle is None and due(new_feedback, time.monotonic() - last_cycle_at, settings):
                 # a cycle runs in its own process: ingest (and the consumer group heartbeat) go on meanwhile
                 # it dies with us: a killed learner's restart must not find an orphan still training

@@ -74,23 +74,34 @@ class RLOOConfig(PolicyConfig):
 
 
 class OfflineConfig(LoRATraining):
-    """What the offline learners (DPO, KTO) read: they train on logged feedback, no sampling, no reward model."""
+    """What the offline learners (DPO, KTO, SFT) read: they train on logged feedback, no sampling, no reward model."""
 
     steps: int = Field(default=30, ge=1, description="Minibatches per run, drawn from the cycle's feedback (a bounded "
                                                      "cost, however much feedback there is).")
     batch_size: int = Field(default=8, ge=2, description="Examples per minibatch.")
     learning_rate: float = Field(default=1e-4, gt=0, description="AdamW learning rate.")
-    beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL to the reference (the adapter disabled).")
     max_length: int = Field(default=256, ge=8, description="Tokens kept per prompt + answer (the prompt cut from the left).")
 
 
-class DPOConfig(OfflineConfig):
+class OfflinePreferenceConfig(OfflineConfig):
+    """What DPO and KTO add: the implicit KL to the reference."""
+
+    beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL to the reference (the adapter disabled).")
+
+
+class DPOConfig(OfflinePreferenceConfig):
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="Conservative DPO: assumed share of flipped labels.")
 
 
-class KTOConfig(OfflineConfig):
+class KTOConfig(OfflinePreferenceConfig):
     desirable_weight: float = Field(default=1.0, gt=0, description="Weight of thumbs up (and chosen answers).")
     undesirable_weight: float = Field(default=1.0, gt=0, description="Weight of thumbs down (and rejected answers).")
+
+
+class SFTConfig(OfflineConfig):
+    """Supervised fine-tuning on users' corrections (their better answers)."""
+
+    learning_rate: float = Field(default=5e-5, gt=0, description="AdamW learning rate.")
 
 
 class RewardConfig(Hyperparameters):

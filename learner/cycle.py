@@ -18,12 +18,13 @@ from learner import dataset
 from learner.gates import run_gates
 from learner.store import EventStore
 from learner.promotion import start_canary
-from learner.config import DPOConfig, KTOConfig, OfflineConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig
+from learner.config import DPOConfig, KTOConfig, OfflineConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
 from learner.dpo import DPOTrainer
 from learner.kto import KTOTrainer
 from learner.policy import write_history
 from learner.ppo import PPOTrainer
 from learner.rloo import RLOOTrainer
+from learner.sft import SFTTrainer
 from learner.rollout import VLLMRollouts
 from learner.registry import Registry
 from learner.reward_model import load_current, refresh
@@ -49,7 +50,8 @@ class CycleReport:
 
 
 # the learner a cycle runs, by the type of its hyperparameters (RLHF_ALGORITHM picks them: settings.policy)
-TRAINERS = {PPOConfig: PPOTrainer, RLOOConfig: RLOOTrainer, DPOConfig: DPOTrainer, KTOConfig: KTOTrainer}
+TRAINERS = {PPOConfig: PPOTrainer, RLOOConfig: RLOOTrainer, DPOConfig: DPOTrainer, KTOConfig: KTOTrainer,
+            SFTConfig: SFTTrainer}
 
 
 def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, reward: RewardConfig, *,
@@ -60,15 +62,15 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, r
         data = dataset.build(store, max_per_user=settings.max_examples_per_user,
                              max_wait_s=settings.max_feedback_wait_s,
                              window_s=settings.dataset_window_days * 86400 if settings.dataset_window_days else None)
-        feedback_count = store.count("thumb") + store.count("pairwise")
+        feedback_count = store.feedback_count()
         usage = sampling_profile(store.recent("interaction", settings.usage_window),
                                  default_max_tokens=settings.usage_default_max_tokens, ceiling=settings.gate_max_new_tokens)
     finally:
         store.close()
-    log.info("cycle.data", pairs=len(data.pairs), thumbs=len(data.pointwise), prompts=len(data.prompts),
+    log.info("cycle.data", pairs=len(data.pairs), thumbs=len(data.pointwise), demonstrations=len(data.demonstrations), prompts=len(data.prompts),
              waiting=data.waiting, dropped=data.dropped, capped=data.capped, usage_lengths=usage.lengths,
              usage_temperature=usage.temperature)
-    if not data.pairs and not data.pointwise:
+    if not data.pairs and not data.pointwise and not data.demonstrations:
         return CycleReport(None, "no joined feedback yet", seconds=time.perf_counter() - started)
     if isinstance(policy, OfflineConfig) and not TRAINERS[type(policy)].examples(data):
         return CycleReport(None, f"no examples for {trainer_name(policy)} in the feedback yet",
@@ -83,7 +85,7 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, r
         return CycleReport(None, "no reward model passed its held-out check", seconds=time.perf_counter() - started)
 
     # 2. the learner, from the active adapter: PPO or RLOO on logged prompts (plus the prompt file), answers as
-    # long as users read; DPO or KTO on the logged feedback itself
+    # long as users read; DPO, KTO or SFT on the logged feedback itself
     registry = Registry.from_settings(settings)
     parent = registry.read_pointer().active
     prompts = list(data.prompts)
@@ -114,7 +116,8 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, r
 
     # 4. publish the candidate with its lineage and gate report; if it passed, it starts as canary
     window = {"events_until": data.newest_event_at.isoformat() if data.newest_event_at else None,
-              "feedback_events": feedback_count, "pairs": len(data.pairs), "thumbs": len(data.pointwise)}
+              "feedback_events": feedback_count, "pairs": len(data.pairs), "thumbs": len(data.pointwise),
+              "demonstrations": len(data.demonstrations)}
     candidate = registry.publish(adapter, {
         "parent": parent, "data_window": window, "reward_model": rm_version,
         "reward_model_heldout": rm_report.heldout, "hyperparameters": {"algorithm": trainer_name(policy), trainer_name(policy): policy.model_dump(),

@@ -6,6 +6,9 @@
   not used for the Bradley-Terry loss.
 - Feedback whose interaction has not arrived yet waits (it stays in the store and joins on a later
   build); after `max_wait_s` without it, it is dropped and counted.
+- Corrections (a user's better answer to a response): latest wins per (user, response), like thumbs.
+  Each becomes a demonstration (prompt, correction) for supervised fine-tuning and a pair (the
+  correction over the served answer) for every learner that reads pairs.
 - Per-user cap: at most `max_per_user` examples of each kind per user (their newest), so one user
   flooding ratings cannot dominate a refresh; anonymous feedback is one pool under the same cap.
 - Pairs crossed from thumbs on one prompt: the newest `CROSSED_PER_SIDE` ups with the newest as many
@@ -21,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from feedback.events import InteractionEvent, PairwiseEvent, ThumbEvent, latest_thumbs
+from feedback.events import FEEDBACK_KINDS, CorrectionEvent, InteractionEvent, PairwiseEvent, ThumbEvent, latest_corrections, latest_thumbs
 from learner.store import EventStore
 
 
@@ -44,10 +47,18 @@ class Pair:
     user_id: str | None
 
 
+@dataclass(frozen=True)
+class Demonstration:
+    prompt: tuple[tuple[str, str], ...]
+    answer: str  # a user's correction: the answer they would rather have received
+    user_id: str | None
+
+
 @dataclass
 class FeedbackData:
     pointwise: list[Pointwise] = field(default_factory=list)
     pairs: list[Pair] = field(default_factory=list)
+    demonstrations: list[Demonstration] = field(default_factory=list)
     prompts: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
     waiting: int = 0  # feedback whose interaction has not arrived (yet)
     dropped: int = 0  # ...and never did, within max_wait_s
@@ -81,18 +92,18 @@ def build(store: EventStore, *, max_per_user: int, max_wait_s: float, now: datet
     index lookups to the interactions it rates (however old), and the prompts of the newest
     interactions. Nothing else of the store is read, so a cycle's cost follows its window."""
     now = now or datetime.now(timezone.utc)
-    feedback: list[ThumbEvent | PairwiseEvent] = store.events(
-        ("thumb", "pairwise"), now - timedelta(seconds=window_s) if window_s else None)
+    feedback: list[ThumbEvent | PairwiseEvent | CorrectionEvent] = store.events(
+        FEEDBACK_KINDS, now - timedelta(seconds=window_s) if window_s else None)
     interactions: dict[str, InteractionEvent] = store.interactions(
         rid for event in feedback
-        for rid in ((event.response_id,) if isinstance(event, ThumbEvent) else (event.response_id_a, event.response_id_b)))
+        for rid in ((event.response_id_a, event.response_id_b) if isinstance(event, PairwiseEvent) else (event.response_id,)))
     prompts = {tuple((m["role"], m["content"]) for m in row["messages"])
                for row in store.newest_payloads("interaction", PROMPT_POOL)}
     return assemble(feedback, interactions, prompts, max_per_user=max_per_user, max_wait_s=max_wait_s, now=now,
                     newest_event_at=store.newest_at())
 
 
-def assemble(feedback: list[ThumbEvent | PairwiseEvent], interactions: dict[str, InteractionEvent], prompts: set,
+def assemble(feedback: list[ThumbEvent | PairwiseEvent | CorrectionEvent], interactions: dict[str, InteractionEvent], prompts: set,
              *, max_per_user: int, max_wait_s: float, now: datetime, newest_event_at: datetime | None) -> FeedbackData:
     """Training data from feedback (oldest first) and the interactions it may rate, by response id."""
     data = FeedbackData(newest_event_at=newest_event_at)
@@ -124,12 +135,21 @@ def assemble(feedback: list[ThumbEvent | PairwiseEvent], interactions: dict[str,
                 continue
             chosen, rejected = (a, b) if event.choice == "a" else (b, a)
             pairs.append(Pair(_prompt(a), chosen.response, rejected.response, event.user_id))
+    demonstrations: list[Demonstration] = []
+    for correction in latest_corrections(feedback):
+        interaction = joined(correction.response_id, correction)
+        if interaction is None:
+            continue
+        demonstrations.append(Demonstration(_prompt(interaction), correction.correction, correction.user_id))
+        if correction.correction.strip() != interaction.response.strip():
+            pairs.append(Pair(_prompt(interaction), correction.correction, interaction.response, correction.user_id))
     for prompt, sides in by_prompt.items():  # thumbs up and down on one prompt: a pair too
         for up in sides["up"][-CROSSED_PER_SIDE:]:
             for down in sides["down"][-CROSSED_PER_SIDE:]:
                 pairs.append(Pair(prompt, up.response, down.response, up.user_id))
     data.pointwise = _cap(pointwise, max_per_user, data)
     data.pairs = _cap(pairs, max_per_user, data)
+    data.demonstrations = _cap(demonstrations, max_per_user, data)
     data.prompts = sorted(prompts)
     return data
 

@@ -1,4 +1,4 @@
-"""What the offline learners share (learner/dpo.py, learner/kto.py): they train the LoRA straight from
+"""What the offline learners share (learner/dpo.py, learner/kto.py, learner/sft.py): they train the LoRA straight from
 logged feedback, with no reward model and no sampling. Each step draws a minibatch of the cycle's
 examples, reads the log-probability of each logged answer under the policy (base + LoRA, warm-started
 from the active adapter) and under the reference (the same weights, adapter disabled), and takes one
@@ -50,6 +50,11 @@ class OfflineTrainer:
     def logprobs(self, prompts: list, answers: list[str], reference: bool = False) -> torch.Tensor:
         """Summed log-probability of each answer (and its end of turn) after its prompt, (B,): under the
         policy with gradients, or under the reference (adapter disabled) without."""
+        logprobs, mask = self.token_logprobs(prompts, answers, reference)
+        return (logprobs * mask).sum(1)
+
+    def token_logprobs(self, prompts: list, answers: list[str], reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probabilities of each answer (and its end of turn) and the mask of its real tokens, (B, T)."""
         rows = []
         for prompt, answer in zip(prompts, answers):
             text = self.tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
@@ -65,7 +70,7 @@ class OfflineTrainer:
         else:
             logits = self.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, batch.mask.shape[1])
-        return (logprobs * batch.mask).sum(1)
+        return logprobs, batch.mask
 
     def train(self, data: FeedbackData) -> list[dict]:
         examples = self.examples(data)

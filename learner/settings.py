@@ -9,7 +9,7 @@ from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from feedback.settings import RuntimeSettings, readable_model_dir
-from learner.config import DPOConfig, KTOConfig, OfflineConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig
+from learner.config import DPOConfig, KTOConfig, OfflineConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
 
 class LearnerSettings(RuntimeSettings):
@@ -50,12 +50,12 @@ class LearnerSettings(RuntimeSettings):
         default=None, gt=0, description="The learner deletes stored events older than this (checked hourly); unset: "
                                         "kept until `rlhf-loop feedback forget` or the store is removed.")
     prompt_file: Path | None = Field(default=None, description="Extra PPO prompts: JSON Lines of {\"prompt\": ...}.")
-    algorithm: Literal["ppo", "rloo", "dpo", "kto"] = Field(
+    algorithm: Literal["ppo", "rloo", "dpo", "kto", "sft"] = Field(
         default="ppo", description="The learner of a cycle. On the reward model, with sampled answers and a KL penalty to the "
                                    "reference: ppo (clipped PPO, value head, GAE; learner/ppo.py) or rloo (k answers per "
                                    "prompt, leave-one-out baseline, no critic; learner/rloo.py). Straight from logged "
-                                   "feedback, no sampling: dpo (duels as pairs; learner/dpo.py) or kto (thumbs; "
-                                   "learner/kto.py). Every one trains a LoRA candidate for the same gates and promotion.",
+                                   "feedback, no sampling: dpo (duels as pairs; learner/dpo.py), kto (thumbs; "
+                                   "learner/kto.py) or sft (users' corrections as demonstrations; learner/sft.py). Every one trains a LoRA candidate for the same gates and promotion.",
     )
     ppo: PPOConfig = Field(
         default_factory=PPOConfig, description="PPO hyperparameters of the learner's cycles: RLHF_PPO__STEPS=10 (one field), "
@@ -67,6 +67,7 @@ class LearnerSettings(RuntimeSettings):
     )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Offline DPO hyperparameters (RLHF_ALGORITHM=dpo).")
     kto: KTOConfig = Field(default_factory=KTOConfig, description="Offline KTO hyperparameters (RLHF_ALGORITHM=kto).")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT on corrections hyperparameters (RLHF_ALGORITHM=sft).")
     reward: RewardConfig = Field(
         default_factory=RewardConfig, description="Reward-model hyperparameters of the learner's cycles: RLHF_REWARD__EPOCHS=1, "
                                                   "or RLHF_REWARD as JSON; see the rows below.",

@@ -20,7 +20,7 @@ import structlog
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter
 
-from feedback.events import (ForgetEvent, InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion,
+from feedback.events import (FEEDBACK_KINDS, CorrectionEvent, ForgetEvent, InteractionEvent, PairwiseEvent, ThumbEvent, UnknownSchemaVersion,
                              parse_event)
 
 log = structlog.get_logger(__name__)
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS forgotten (user_id TEXT PRIMARY KEY, at TEXT NOT NULL
 """
 
 
-MODELS = {"interaction": InteractionEvent, "thumb": ThumbEvent, "pairwise": PairwiseEvent}
+MODELS = {"interaction": InteractionEvent, "thumb": ThumbEvent, "pairwise": PairwiseEvent, "correction": CorrectionEvent}
 
 
 def _load(event_type: str, payload: str):
@@ -127,6 +127,10 @@ class EventStore:
             return self.db.execute("SELECT COALESCE(SUM(n), 0) FROM counts").fetchone()[0]
         row = self.db.execute("SELECT n FROM counts WHERE event_type = ?", (event_type,)).fetchone()
         return row[0] if row else 0
+
+    def feedback_count(self) -> int:
+        """Stored ratings of every kind (thumbs, duels, corrections)."""
+        return sum(self.count(kind) for kind in FEEDBACK_KINDS)
 
     def forget(self, user_id: str) -> int:
         """Delete a user's events and keep their later ones out; returns how many were deleted."""

@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = feedback.add_parser(name, help=helptext)
         sub.add_argument("--since", type=_timestamp, help="only events at or after this time (ISO 8601, UTC if no zone)")
         sub.add_argument("--until", type=_timestamp, help="only events before this time")
-        sub.add_argument("--kinds", type=_kinds, default=["interaction", "thumb", "pairwise"],
-                         help="comma-separated: interaction,thumb,pairwise (default: all)")
+        sub.add_argument("--kinds", type=_kinds, default=["interaction", "thumb", "pairwise", "correction"],
+                         help="comma-separated: interaction,thumb,pairwise,correction (default: all)")
         sub.set_defaults(func=func)
         if name == "export":
             sub.add_argument("--output", "-o", type=Path, required=True, help="file to write (.parquet: Parquet)")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from feedback.protocol import FeedbackAccepted, FeedbackCreate, PairwiseFeedbackCreate
+from feedback.protocol import CorrectionCreate, FeedbackAccepted, FeedbackCreate, PairwiseFeedbackCreate
 from feedback.service import REJECTED, FeedbackRefused
 from serving.deps import Chat, ClientAddress, CurrentUser, EngineDep, Feedback, Producer, Router, Settings
 from serving.protocol import ChatRequest, DuelResponse
@@ -98,3 +98,14 @@ async def pairwise(body: PairwiseFeedbackCreate, user: CurrentUser, client: Clie
                    idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Pick the better of two answers to one prompt (a, b, tie, both_bad) by their two tokens."""
     return await _accepted(feedback.pairwise(body, user=user, client=client, idempotency_key=idempotency_key))
+
+
+@router.post("/v1/feedback/correction", status_code=202, response_model=FeedbackAccepted)
+async def correction(body: CorrectionCreate, user: CurrentUser, client: ClientAddress, feedback: Feedback,
+                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Suggest a better answer to one response by its feedback token. 202 once the event is durable.
+
+    The learner trains on it as a demonstration and as a preference (the correction over the served answer);
+    correcting the same response again replaces the earlier correction.
+    """
+    return await _accepted(feedback.correction(body, user=user, client=client, idempotency_key=idempotency_key))

@@ -331,6 +331,19 @@ def assert_held_out_reward_rises_within_kl(trainer, rollouts, scorer, before, ev
     assert 0.0 <= kl < kl_budget, kl
 
 
+def sampled_kl(trainer, rollouts, eval_dir: Path, samples: int = 4) -> float:
+    """An offline learner's mean sequence KL (k1) to the reference on its own answers to the held-out prompts,
+    sampled by vLLM at temperature 1 (what the KL gate measures)."""
+    import torch
+
+    prompts = LEARNER_HELD_OUT * samples
+    outputs = rollouts.generate([[{"role": role, "content": text} for role, text in p] for p in prompts],
+                                adapter=trainer.save_adapter(eval_dir), max_tokens=HELD_OUT_MAX_TOKENS, temperature=1.0, seed=13)
+    with torch.no_grad():
+        answers = [o.text for o in outputs]
+        return (trainer.logprobs(prompts, answers) - trainer.logprobs(prompts, answers, reference=True)).mean().item()
+
+
 def held_out_preference(trainer, pairs: list[Pair]) -> tuple[float, float]:
     """An offline learner on held-out pairs: (one-sided binomial p-value that it prefers the chosen answer over
     the rejected one more than the reference does, mean |log-ratio| of the answers to the reference)."""

@@ -73,6 +73,7 @@ function answerElement(side) {
   for (const button of answer.querySelectorAll(".thumb")) {
     button.addEventListener("click", () => rate(answer, button.dataset.rating));
   }
+  $(".send-correction", answer).addEventListener("click", () => correct(answer));
   return answer;
 }
 
@@ -141,7 +142,7 @@ async function duel() {
   return {said: $(".text", sides[0]).textContent, section};  // A continues the conversation unless B wins the vote
 }
 
-// 3. ratings: a thumb (optionally with a comment) on one answer; a choice between a duel's two
+// 3. ratings: a thumb (optionally with a comment) or a better answer on one answer; a choice between a duel's two
 async function rate(answer, rating) {
   const comment = $(".comment", answer).value.trim();
   const body = {feedback_token: handles.get(answer).feedback_token, rating};
@@ -152,6 +153,22 @@ async function rate(answer, rating) {
     $(".rated", answer).textContent = `Thanks: recorded ${rating === "up" ? "👍" : "👎"}`;
   } catch (error) {
     $(".rated", answer).textContent = "Not recorded: " + error.message;
+  }
+}
+
+// a better answer, written by the user: the learner trains on it (and prefers it over the served one)
+async function correct(answer) {
+  const correction = $(".correction", answer).value;
+  if (!correction.trim()) {
+    $(".corrected", answer).textContent = "Write the answer you would rather have received first.";
+    return;
+  }
+  try {
+    await postJson("/v1/feedback/correction", {feedback_token: handles.get(answer).feedback_token, correction});
+    answer.dataset.corrected = "true";
+    $(".corrected", answer).textContent = "Thanks: your better answer was recorded";
+  } catch (error) {
+    $(".corrected", answer).textContent = "Not recorded: " + error.message;
   }
 }
 

@@ -3,6 +3,7 @@ the real broker: accepted events arrive, bad input writes nothing."""
 
 from __future__ import annotations
 
+import json
 import time
 from unittest import mock
 
@@ -62,6 +63,41 @@ def test_thumb_and_pairwise_reach_kafka(serving: ServingServer, broker: Embedded
     assert (p["event_type"], p["choice"], p["response_id_a"], p["response_id_b"], p["duel_id"]) == ("pairwise", "b", "r-a", "r-b", "d1")
 
 
+def test_a_correction_reaches_kafka_and_the_dataset_as_a_demonstration_and_a_pair(
+        serving: ServingServer, broker: EmbeddedBroker, tmp_path) -> None:
+    from feedback.events import InteractionEvent, Timings
+    from learner import dataset
+    from learner.store import EventStore
+    from tests.helpers import record
+
+    better = "Boil it for seven minutes, then cool it in cold water."
+    first = post(serving, "/v1/feedback/correction", {"feedback_token": token(serving, "r-fix:0", prompt="How do I boil an egg?"),
+                                                      "correction": "Boil it.", "reasons": ["incorrect"]})
+    again = post(serving, "/v1/feedback/correction", {"feedback_token": token(serving, "r-fix:0", prompt="How do I boil an egg?"),
+                                                      "correction": better}, headers={"Idempotency-Key": "fix-1"})
+    assert first.status_code == again.status_code == 202, (first.text, again.text)
+    ids = [first.json()["id"], again.json()["id"]]
+    records = read_topic(broker, FEEDBACK, lambda rs: set(ids) <= {r["event_id"] for r in rs})
+    sent = [r for r in records if r["event_id"] in ids]
+    assert [(r["event_type"], r["response_id"], r["user_id"], r["correction"]) for r in sent] == [
+        ("correction", "r-fix:0", "alice", "Boil it."), ("correction", "r-fix:0", "alice", better)]
+
+    # the learner's side: what it consumed from Kafka, joined to the answer it corrects (latest wins)
+    served = InteractionEvent(response_id="r-fix:0", conversation_id="conv-How do I boil an egg?", user_id="alice",
+                              model="m", adapter_version="v0001", messages=[{"role": "user", "content": "How do I boil an egg?"}],
+                              response="Eggs are laid by hens.", finish_reason="stop", sampling={}, prompt_tokens=5,
+                              completion_tokens=5, timings=Timings(time_to_first_token_s=0.1, total_s=0.2))
+    store = EventStore(tmp_path / "events.sqlite")
+    store.store([record(served.to_wire(), 0), *(record(json.dumps(r).encode(), i + 1) for i, r in enumerate(sent))])
+    assert store.feedback_count() == 2
+    data = dataset.build(store, max_per_user=200, max_wait_s=3600)
+    prompt = (("user", "How do I boil an egg?"),)
+    assert [(d.prompt, d.answer, d.user_id) for d in data.demonstrations] == [(prompt, better, "alice")]
+    assert [(p.prompt, p.chosen, p.rejected) for p in data.pairs] == [(prompt, better, "Eggs are laid by hens.")]
+    assert data.pointwise == []
+    store.close()
+
+
 def test_idempotency_key_makes_a_retry_a_no_op(serving: ServingServer, broker: EmbeddedBroker) -> None:
     body = {"feedback_token": token(serving, "r-idem"), "rating": "down"}
     first = post(serving, "/v1/feedback", body, headers={"Idempotency-Key": "k-1"})
@@ -109,6 +145,14 @@ def _bad_requests(serving: ServingServer) -> list[tuple[str, str, dict | str, di
         ("long comment", "/v1/feedback", {"feedback_token": good, "rating": "up", "comment": "x" * 3000}, {}, 400, "comment"),
         ("1 MB body", "/v1/feedback", {"feedback_token": good, "rating": "up", "comment": "x" * 1_000_000}, {}, 413, "larger than"),
         ("unknown field", "/v1/feedback", {"feedback_token": good, "rating": "up", "score": 5}, {}, 400, "score"),
+        ("empty correction", "/v1/feedback/correction", {"feedback_token": good, "correction": ""}, {}, 400, "correction"),
+        ("blank correction", "/v1/feedback/correction", {"feedback_token": good, "correction": " \n "}, {}, 400,
+         "needs some text"),
+        ("long correction", "/v1/feedback/correction", {"feedback_token": good, "correction": "x" * 8001}, {}, 400,
+         "correction"),
+        ("correction without token", "/v1/feedback/correction", {"correction": "Better."}, {}, 400, "feedback_token"),
+        ("correction, forged token", "/v1/feedback/correction", {"feedback_token": "bm9wZQ.bm9wZQ.bm9wZQ",
+                                                                 "correction": "Better."}, {}, 401, "signature"),
         ("unknown reason", "/v1/feedback", {"feedback_token": good, "rating": "up", "reasons": ["spam!"]}, {}, 400, "reasons"),
     ]
 

@@ -1,5 +1,5 @@
 """The chat page in headless Chromium against the real serving process and broker: an answer streams
-in, and a thumb with a comment and a duel vote reach Kafka naming the answers the page showed."""
+in, and a thumb with a comment, a better answer and a duel vote reach Kafka naming the answers the page showed."""
 
 from __future__ import annotations
 
@@ -75,6 +75,17 @@ def test_answer_streams_in_and_a_thumb_with_comment_reaches_kafka(
     thumb = record(broker, FEEDBACK, event_type="thumb", response_id=response_id)
     assert (thumb["rating"], thumb["comment"], thumb["user_id"]) == ("up", "short and right", USER)
     assert thumb["conversation_id"] == interaction["conversation_id"]
+
+    # "suggest a better answer": the user's own answer to the same response
+    answer.find_element(By.CSS_SELECTOR, ".correct summary").click()
+    answer.find_element(By.CSS_SELECTOR, ".send-correction").click()  # empty: the page asks for text, sends nothing
+    assert "Write the answer" in answer.find_element(By.CSS_SELECTOR, ".corrected").text
+    answer.find_element(By.CSS_SELECTOR, ".correction").send_keys("Blue, the colour of a clear sky.")
+    answer.find_element(By.CSS_SELECTOR, ".send-correction").click()
+    wait(browser, lambda d: answer.get_attribute("data-corrected") == "true", message="correction not acknowledged")
+    no_page_errors(browser)
+    correction = record(broker, FEEDBACK, event_type="correction", response_id=response_id)
+    assert (correction["correction"], correction["user_id"]) == ("Blue, the colour of a clear sky.", USER)
 
 
 def test_duel_shows_two_answers_and_the_vote_reaches_kafka(
