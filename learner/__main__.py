@@ -42,6 +42,12 @@ def base_fluency(settings: LearnerSettings) -> promotion.Fluency:
     return read
 
 
+def newest_is_active(registry: Registry) -> bool:
+    """The last cycle helped: the newest candidate it published is the active adapter."""
+    versions = registry.versions()
+    return bool(versions) and registry.read_pointer().active == versions[-1]
+
+
 def main() -> int:
     settings = load_settings(LearnerSettings)  # hyperparameters included: refused at start, not in a cycle
     configure_logging("learner")
@@ -72,7 +78,8 @@ def main() -> int:
             # expired or forgotten events leave the count: new feedback is counted from what remains
             feedback_at_last_cycle = min(feedback_at_last_cycle, store.feedback_count())
             new_feedback = store.feedback_count() - feedback_at_last_cycle
-            if cycle is None and due(new_feedback, time.monotonic() - last_cycle_at, settings):
+            helped = new_feedback >= settings.min_new_feedback_after_promotion and newest_is_active(registry)
+            if cycle is None and due(new_feedback, time.monotonic() - last_cycle_at, settings, helped=helped):
                 # a cycle runs in its own process: ingest (and the consumer group heartbeat) go on meanwhile
                 # it dies with us: a killed learner's restart must not find an orphan still training
                 cycle = subprocess.Popen([sys.executable, "-m", "learner.cycle"], preexec_fn=die_with_parent)

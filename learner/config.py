@@ -73,6 +73,17 @@ class RLOOConfig(PolicyConfig):
     normalize_advantages: bool = Field(default=True, description="Whiten the leave-one-out advantages over the batch.")
 
 
+class OnlineDPOConfig(PolicyConfig):
+    """Online DPO reads the rollout fields of PolicyConfig; its KL to the reference is DPO's own (beta), so the
+    KL penalty's controller only reports."""
+
+    batch_size: int = Field(default=4, ge=1, description="Prompts per step (each answered samples_per_prompt times).")
+    samples_per_prompt: int = Field(default=4, ge=2, description="Answers sampled per prompt (k): the reward model's best "
+                                                                 "and worst of them form the step's pair.")
+    minibatch_size: int = Field(default=4, ge=1, description="Pairs per gradient step.")
+    beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL to the reference (the adapter disabled).")
+
+
 class OfflineConfig(LoRATraining):
     """What the offline learners (DPO, KTO, SFT) read: they train on logged feedback, no sampling, no reward model."""
 
@@ -114,6 +125,10 @@ class RewardConfig(Hyperparameters):
     pointwise_weight: float = Field(default=1.0, ge=0, description="Weight of the thumbs (BCE) loss next to Bradley-Terry.")
     heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of examples held out for accuracy (by hash).")
     replay_fraction: float = Field(default=0.5, ge=0, le=1, description="Share of older examples replayed in a refresh.")
+    replay_max: int = Field(default=256, ge=0, description="Most older examples of each kind (pairs, thumbs) replayed in a "
+                                                        "refresh: its cost follows the new feedback, not all feedback ever.")
+    heldout_max: int = Field(default=256, ge=1, description="Most held-out examples of each kind (the newest) a refresh "
+                                                         "is measured on.")
     seed: int = Field(default=0, description="Seed for shuffling and initialisation.")
 
 
@@ -126,8 +141,8 @@ class JobFlags(BaseSettings):
         return (init_settings,)
 
 
-def due(new_feedback: int, seconds_since_last: float, settings: LearnerSettings) -> bool:
-    """The schedule: enough new ratings, or enough time with at least one new rating."""
-    return new_feedback >= settings.min_new_feedback or (
-        new_feedback > 0 and seconds_since_last >= settings.max_interval_s
-    )
+def due(new_feedback: int, seconds_since_last: float, settings: LearnerSettings, *, helped: bool = False) -> bool:
+    """The schedule: enough new ratings, or enough time with at least one new rating. After a cycle that
+    helped (its candidate became active), fewer new ratings start the next one: the loop is on a good path."""
+    needed = settings.min_new_feedback_after_promotion if helped else settings.min_new_feedback
+    return new_feedback >= needed or (new_feedback > 0 and seconds_since_last >= settings.max_interval_s)

@@ -18,10 +18,11 @@ from learner import dataset
 from learner.gates import run_gates
 from learner.store import EventStore
 from learner.promotion import start_canary
-from learner.config import DPOConfig, KTOConfig, OfflineConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
+from learner.config import DPOConfig, KTOConfig, OfflineConfig, OnlineDPOConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
 from learner.dpo import DPOTrainer
 from learner.kto import KTOTrainer
 from learner.policy import write_history
+from learner.online_dpo import OnlineDPOTrainer
 from learner.ppo import PPOTrainer
 from learner.rloo import RLOOTrainer
 from learner.sft import SFTTrainer
@@ -50,8 +51,8 @@ class CycleReport:
 
 
 # the learner a cycle runs, by the type of its hyperparameters (RLHF_ALGORITHM picks them: settings.policy)
-TRAINERS = {PPOConfig: PPOTrainer, RLOOConfig: RLOOTrainer, DPOConfig: DPOTrainer, KTOConfig: KTOTrainer,
-            SFTConfig: SFTTrainer}
+TRAINERS = {PPOConfig: PPOTrainer, RLOOConfig: RLOOTrainer, OnlineDPOConfig: OnlineDPOTrainer, DPOConfig: DPOTrainer,
+            KTOConfig: KTOTrainer, SFTConfig: SFTTrainer}
 
 
 def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, reward: RewardConfig, *,
@@ -84,7 +85,7 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, r
     if scorer is None:
         return CycleReport(None, "no reward model passed its held-out check", seconds=time.perf_counter() - started)
 
-    # 2. the learner, from the active adapter: PPO or RLOO on logged prompts (plus the prompt file), answers as
+    # 2. the learner, from the active adapter: PPO, RLOO or online DPO on logged prompts (plus the prompt file), answers as
     # long as users read; DPO, KTO or SFT on the logged feedback itself
     registry = Registry.from_settings(settings)
     parent = registry.read_pointer().active

@@ -249,7 +249,7 @@ class PolicyTrainer:
             "objective/kl_coef": self.kl.value,
             "objective/rlhf_reward": rlhf_reward.mean().item(),
             "objective/entropy": averaged.pop("entropy"),
-            "policy/clipfrac": averaged.pop("clip"),
+            "policy/clipfrac": averaged.pop("clip", 0.0),  # none for a learner without a ratio clip
             **{f"loss/{key}": value for key, value in averaged.items()},
             "response/length": batch.mask.sum(1).mean().item(),
             **timings,

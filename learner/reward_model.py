@@ -177,24 +177,33 @@ def _example_key(example: Pair | Pointwise) -> str:
     return hashlib.sha1(repr(example).encode()).hexdigest()
 
 
+def replay_sample(examples: list, seen: set[str], fraction: float, cap: int, rng: random.Random) -> list:
+    """Every example not trained on before, and `fraction` of the others (at most `cap`), in their order."""
+    old = [i for i, e in enumerate(examples) if _example_key(e) in seen]
+    replayed = set(rng.sample(old, min(cap, round(len(old) * fraction))))
+    return [e for i, e in enumerate(examples) if _example_key(e) not in seen or i in replayed]
+
+
 def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConfig) -> RefreshReport:
     """Train a new reward-model version warm-started from the current one; keep it only if it is
     not worse on held-out data than the current one (both measured on the same held-out set).
 
     Examples a kept version already trained on (`root/trained.txt`, one hash a line) are replayed
-    at `replay_fraction`; new ones are all used."""
+    at `replay_fraction`, at most `replay_max` of each kind; new ones are all used. It is measured on the
+    newest `heldout_max` held-out examples of each kind: a refresh's cost follows what is new, not all
+    feedback ever received."""
     root.mkdir(parents=True, exist_ok=True)
     trained_log = root / "trained.txt"
     seen_before = set(trained_log.read_text().split()) if trained_log.exists() else set()
     current = _current(root)
     train_pairs = [p for p in data.pairs if not heldout(p, config.heldout_fraction)]
     train_thumbs = [t for t in data.pointwise if not heldout(t, config.heldout_fraction)]
-    test_pairs = [p for p in data.pairs if heldout(p, config.heldout_fraction)]
-    test_thumbs = [t for t in data.pointwise if heldout(t, config.heldout_fraction)]
-    if seen_before:  # new data in full, a sample of what earlier refreshes already trained on
+    test_pairs = [p for p in data.pairs if heldout(p, config.heldout_fraction)][-config.heldout_max:]
+    test_thumbs = [t for t in data.pointwise if heldout(t, config.heldout_fraction)][-config.heldout_max:]
+    if seen_before:  # new data in full, a bounded sample of what earlier refreshes already trained on
         rng = random.Random(config.seed)
-        keep = lambda e: _example_key(e) not in seen_before or rng.random() < config.replay_fraction  # noqa: E731
-        train_pairs, train_thumbs = [p for p in train_pairs if keep(p)], [t for t in train_thumbs if keep(t)]
+        train_pairs = replay_sample(train_pairs, seen_before, config.replay_fraction, config.replay_max, rng)
+        train_thumbs = replay_sample(train_thumbs, seen_before, config.replay_fraction, config.replay_max, rng)
     previous = None
     if current is not None:
         previous = accuracy(RewardModel.create(base_model, config, warm_start=root / current), test_pairs, test_thumbs)

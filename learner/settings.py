@@ -9,7 +9,7 @@ from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from feedback.settings import RuntimeSettings, readable_model_dir
-from learner.config import DPOConfig, KTOConfig, OfflineConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
+from learner.config import DPOConfig, KTOConfig, OfflineConfig, OnlineDPOConfig, PolicyConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
 
 class LearnerSettings(RuntimeSettings):
@@ -36,6 +36,10 @@ class LearnerSettings(RuntimeSettings):
         default=120, ge=1, description="New ratings that start a training cycle (from too few, the reward model "
                                        "cannot steer PPO: docs/tuning.md).",
     )
+    min_new_feedback_after_promotion: int = Field(
+        default=60, ge=1, description="New ratings that start the next cycle once the newest candidate became active "
+                                      "(the last cycle helped): the loop keeps going from the active adapter sooner.",
+    )
     max_interval_s: float = Field(
         default=3600, gt=0, description="A cycle also starts this long after the last one, if any new rating arrived."
     )
@@ -50,10 +54,11 @@ class LearnerSettings(RuntimeSettings):
         default=None, gt=0, description="The learner deletes stored events older than this (checked hourly); unset: "
                                         "kept until `rlhf-loop feedback forget` or the store is removed.")
     prompt_file: Path | None = Field(default=None, description="Extra PPO prompts: JSON Lines of {\"prompt\": ...}.")
-    algorithm: Literal["ppo", "rloo", "dpo", "kto", "sft"] = Field(
+    algorithm: Literal["ppo", "rloo", "online_dpo", "dpo", "kto", "sft"] = Field(
         default="ppo", description="The learner of a cycle. On the reward model, with sampled answers and a KL penalty to the "
-                                   "reference: ppo (clipped PPO, value head, GAE; learner/ppo.py) or rloo (k answers per "
-                                   "prompt, leave-one-out baseline, no critic; learner/rloo.py). Straight from logged "
+                                   "reference: ppo (clipped PPO, value head, GAE; learner/ppo.py), rloo (k answers per "
+                                   "prompt, leave-one-out baseline, no critic; learner/rloo.py) or online_dpo (k answers per "
+                                   "prompt, DPO on the best over the worst; learner/online_dpo.py). Straight from logged "
                                    "feedback, no sampling: dpo (duels as pairs; learner/dpo.py), kto (thumbs; "
                                    "learner/kto.py) or sft (users' corrections as demonstrations; learner/sft.py). Every one trains a LoRA candidate for the same gates and promotion.",
     )
@@ -65,6 +70,8 @@ class LearnerSettings(RuntimeSettings):
         default_factory=RLOOConfig, description="RLOO hyperparameters (RLHF_ALGORITHM=rloo): RLHF_RLOO__SAMPLES_PER_PROMPT=4, "
                                                 "or RLHF_RLOO as JSON; see the rows below.",
     )
+    online_dpo: OnlineDPOConfig = Field(default_factory=OnlineDPOConfig,
+                                        description="Online DPO hyperparameters (RLHF_ALGORITHM=online_dpo).")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Offline DPO hyperparameters (RLHF_ALGORITHM=dpo).")
     kto: KTOConfig = Field(default_factory=KTOConfig, description="Offline KTO hyperparameters (RLHF_ALGORITHM=kto).")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT on corrections hyperparameters (RLHF_ALGORITHM=sft).")

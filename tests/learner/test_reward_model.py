@@ -38,3 +38,4 @@ def test_a_worse_refresh_does_not_replace_the_current_model(rule_reward_model, p
     assert worse.heldout["pair_accuracy"] < worse.previous_heldout["pair_accuracy"]
     assert (copy / "CURRENT").read_text() == "rm-0001"
     assert not (copy / "rm-0002").exists()
+

@@ -10,6 +10,27 @@ def test_a_cycle_is_due_on_enough_feedback_or_enough_time_with_some_feedback() -
     assert not due(0, 10 * 3600, settings)  # nothing new: nothing to learn from
 
 
+def test_after_a_cycle_that_helped_fewer_ratings_start_the_next(tmp_path) -> None:
+    from learner.__main__ import newest_is_active
+    from learner.registry import Registry
+
+    settings = LearnerSettings(min_new_feedback=50, min_new_feedback_after_promotion=20, max_interval_s=3600)
+    assert due(20, 0, settings, helped=True) and not due(20, 0, settings)
+    assert not due(19, 0, settings, helped=True)
+
+    registry = Registry(str(tmp_path / "registry"), cache_dir=tmp_path / "cache")
+    assert not newest_is_active(registry)  # no candidate yet
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    first = registry.publish(adapter, {"parent": None}, {"passed": True, "gates": []})
+    registry.promote(first, actor="canary-policy", reason="won")
+    assert newest_is_active(registry)  # the last cycle's candidate serves: it helped
+    registry.publish(adapter, {"parent": first}, {"passed": False, "gates": []})
+    assert not newest_is_active(registry)  # the newest candidate did not make it
+
+
 def test_the_always_on_learner_loop_imports_no_training_stack() -> None:
     """The learner service validates its settings and schedules cycles without torch; a cycle (its
     own process) loads it."""
