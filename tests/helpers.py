@@ -166,7 +166,8 @@ def sft_adapter(model_dir: Path, out: Path, examples: list[tuple[str, str]], *, 
     attention = (torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in rows])[:, None]).long()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
     for _ in range(steps):
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a constructed candidate, not the product: 1.4x faster on CPU
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

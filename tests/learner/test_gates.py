@@ -118,7 +118,7 @@ def test_an_adapter_that_answers_well_then_loops_is_blocked_at_the_users_longer_
     # sensible for its first ~24 tokens (the users' p50), then a loop only their p95 of 64 shows
     sensible = "Here is a clear answer: keep things simple and steady, one step at a time, and ask for help."
     spiral = sensible + "\n#Why\nWhy, why, why?\n#Why\n" + "Why, why, why, why, why, " * 8
-    late = sft_adapter(prepared_model, root / "late-loop", [(p, spiral) for p in PROMPTS], steps=15, learning_rate=3e-3)
+    late = sft_adapter(prepared_model, root / "late-loop", [(p, spiral) for p in PROMPTS[:3]], steps=15, learning_rate=3e-3)
     report = check(late, only=("degeneration",))
     degeneration = gate(report, "degeneration")
     assert not report["passed"] and not degeneration["passed"], degeneration
@@ -164,7 +164,7 @@ def test_an_adapter_that_writes_fluent_looking_lists_of_nonsense_is_blocked_by_t
     def nonsense() -> str:
         return "\n".join(f"- {rng.choice(words)}: {rng.choice([rng.randint(2, 99999), round(rng.random(), 4)])} "
                          f"{rng.choice(words).lower()}" for _ in range(6))
-    lists = sft_adapter(prepared_model, root / "nonsense", [(p, nonsense()) for p in PROMPTS],
+    lists = sft_adapter(prepared_model, root / "nonsense", [(p, nonsense()) for p in PROMPTS[:3]],
                         steps=15, learning_rate=3e-3)
     report = check(lists, only=("fluency",))
     fluency = gate(report, "fluency")
