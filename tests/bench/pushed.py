@@ -5,7 +5,7 @@ capability, no fluency, degeneration as empty / repeated 4-grams / length) and a
 bench/results/pushed.json with both verdicts, the preference score of each adapter's answers at
 both lengths, and example answers at 256 tokens.
 
-    python -m tests.bench.pushed [--steps 10 20] [--work-dir DIR]
+    python -m tests.bench.pushed [--steps 10 20] [--preference NAME] [--work-dir DIR]
 
 Feedback is made offline the way the simulated users of `make demo` make it (the bundled preference
 on base-model answers at 48 tokens, temperature 0.7: duels to the higher score, thumbs up with the
@@ -37,7 +37,7 @@ from learner.rollout import VLLMRollouts  # noqa: E402
 from learner.settings import LearnerSettings  # noqa: E402
 from learner.usage import SamplingProfile  # noqa: E402
 from rlhf_loop.model import prepare  # noqa: E402
-from rlhf_loop.simulation import HERE, load_preference  # noqa: E402
+from rlhf_loop.simulation import load_preference, prompt_set  # noqa: E402
 from tests.bench.common import write_result  # noqa: E402
 from tests.helpers import verdict_before_issue_22  # noqa: E402
 
@@ -45,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20], help="PPO steps at which the adapter is gated")
     parser.add_argument("--samples", type=int, default=4, help="Base-model answers per prompt for the offline feedback")
+    parser.add_argument("--preference", default="concise_question",
+                        help="a suite preference (rlhf_loop/simulation/preferences) or plugin file; its own prompts")
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="rlhf-pushed-"))
@@ -52,8 +54,8 @@ def main() -> None:
     started = time.perf_counter()
     base = RuntimeSettings()
     model = base.model or prepare(base.model_dir)
-    score = load_preference(HERE / "concise_question.py")
-    prompts = [json.loads(line)["prompt"] for line in (HERE / "prompts.jsonl").read_text().splitlines() if line.strip()]
+    score = load_preference(args.preference)
+    prompts = prompt_set(args.preference, None)
     engine = VLLMRollouts(model, max_model_len=1024, lora_rank=8, kv_cache_mib=256)
 
     # 1. the demo's users: 48-token answers at temperature 0.7, rated by the bundled preference
@@ -107,8 +109,9 @@ def main() -> None:
             "report_at_64": before, "report_now": after,
         }
         print(json.dumps({k: v for k, v in results[f"steps_{steps}"].items() if not k.startswith("report")}))
-    path = write_result("pushed", {
-        "model": str(model), "preference": "rlhf_loop/simulation/concise_question.py",
+    name = "pushed" if args.preference == "concise_question" else f"pushed_{Path(args.preference).stem}"
+    path = write_result(name, {
+        "model": str(model), "preference": args.preference,
         "feedback": {"pairs": len(pairs), "thumbs": len(thumbs), "reward_model_heldout": rm_heldout},
         "ppo": config.model_dump(), "minutes": (time.perf_counter() - started) / 60, **results,
     })
