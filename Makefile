@@ -34,17 +34,19 @@ endif
 up: install
 	$(BIN)/rlhf-loop up --port $(PORT)
 
-# The loop closed on this machine: simulated users chat and rate until the preference-score gain
-# after the first promotion is tested, once, on RLHF_SIMULATE_TEST_ANSWERS answers (at most RLHF_SIMULATE_MAX_MINUTES); the report feeds `make bench`.
+# The loop closed on this machine: simulated users chat and rate for MINUTES; the report tests each promoted
+# version, once, on its first RLHF_SIMULATE_TEST_ANSWERS answers against the version it replaced, and keeps the
+# served score's trajectory; it feeds `make bench`.
 # Each demo starts from an empty registry and dataset (its own RLHF_HOME) on the prepared model.
 USERS ?= 4
+MINUTES ?= 30
 # what the simulated users like: a preference of the suite (rlhf_loop/simulation/preferences) or a plugin file
 PREFERENCE ?= concise_question
 DEMO_HOME ?= $(HOME)/.cache/rlhf-loop/demo
 demo: install
 	model="$${RLHF_MODEL:-$$($(BIN)/rlhf-loop model prepare)}" && rm -rf $(DEMO_HOME) && \
 		RLHF_HOME=$(DEMO_HOME) RLHF_MODEL="$$model" RLHF_SIMULATE_PREFERENCE="$(PREFERENCE)" \
-		$(BIN)/rlhf-loop up --port $(PORT) --simulate-users $(USERS) --until-tested --report bench/results/loop.json
+		$(BIN)/rlhf-loop up --port $(PORT) --simulate-users $(USERS) --minutes $(MINUTES) --report bench/results/loop.json
 
 # The browser tests (tests/ui) drive Debian's headless Chromium through its chromedriver.
 BROWSER_STAMP := $(VENV)/.installed-browser

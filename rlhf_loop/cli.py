@@ -25,7 +25,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     settings = load_settings(ServingSettings, port=args.port)
     simulation = load_settings(SimulationSettings, simulate_users=args.simulate_users,
-                               simulate_until_tested=args.until_tested or None,
+                               simulate_until_tested=args.until_tested or None, simulate_minutes=args.minutes,
                                simulate_report=args.report.resolve() if args.report else None)
     configure_logging("supervisor")
     if not port_is_free(settings.host, settings.port):
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--until-tested", action="store_true", help="with --simulate-users: stop everything once the "
                     "score gain after the first promotion is tested on RLHF_SIMULATE_TEST_ANSWERS answers (or after "
                     "RLHF_SIMULATE_MAX_MINUTES)")
+    up.add_argument("--minutes", type=float, help="with --simulate-users: run this long, then stop everything "
+                    "(RLHF_SIMULATE_MINUTES; the report tests each promotion against the version it replaced)")
     up.add_argument("--report", type=Path, help="with --simulate-users: where to write the simulation report (JSON)")
     up.set_defaults(func=cmd_up)
 

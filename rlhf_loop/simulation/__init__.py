@@ -76,6 +76,9 @@ class SimulationSettings(RuntimeSettings):
         default=False, description="Stop once the gain is tested (simulate_test_answers answers of the promoted "
                                    "adapter), or after simulate_max_minutes.")
     simulate_max_minutes: float = Field(default=30, gt=0, description="Longest simulation with simulate_until_tested.")
+    simulate_minutes: float | None = Field(
+        default=None, gt=0, description="Run the simulation this long, then stop everything (a run of the continual "
+                                        "loop: `make demo MINUTES=`); unset: until stopped.")
     simulate_metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of the simulation's /metrics; 0: off.")
     simulate_metrics_host: str = Field(default="127.0.0.1", description="Address the simulation's /metrics listens on.")
     simulate_report: Path | None = Field(default=None, description="Where the simulation writes its report; default RLHF_HOME/simulation.json.")
@@ -185,6 +188,35 @@ class Simulation:
             self.first_feedback_s = self.now()
 
     # -- did the loop work? -----------------------------------------------------------------------------
+    def promotions(self, audit: list[dict], since_start: Callable[[str], float]) -> list[dict[str, Any]]:
+        """Each promotion of the run against the version it replaced: the promoted version's first
+        `simulate_test_answers` answers after it (a sample size fixed in advance, one test each) against
+        what the replaced version served while it was active before it (an operator's rollback in between
+        is not followed)."""
+        n = self.settings.simulate_test_answers
+        served = sorted(self.served, key=lambda s: s.at)
+        rows, active, active_since = [], None, 0.0  # the base model serves until the first promotion
+        for row in sorted((r for r in audit if r["action"] == "promote" and r["version"]), key=lambda r: r["at"]):
+            at = since_start(row["at"])
+            before = [s.score for s in served if active_since <= s.at < at and s.adapter == active]
+            after = [s.score for s in served if s.at >= at and s.adapter == row["version"]][:n]
+            p_value = welch_greater(after, before) if len(after) == n and len(before) > 1 else None
+            rows.append({"version": row["version"], "replaced": active or "base", "at_s": at,
+                         "answers": len(after), "mean_score": statistics.fmean(after) if after else None,
+                         "replaced_answers": len(before), "replaced_mean_score": statistics.fmean(before) if before else None,
+                         "gain": statistics.fmean(after) - statistics.fmean(before) if after and before else None,
+                         "p_value": p_value, "better": p_value is not None and p_value < 0.05})
+            active, active_since = row["version"], at
+        return rows
+
+    def trajectory(self, minutes: float = 1.0) -> list[dict[str, Any]]:
+        """The served score over the run: the mean of each minute's answers, and who served them."""
+        buckets: dict[int, list[Served]] = {}
+        for s in self.served:
+            buckets.setdefault(int(s.at // (minutes * 60)), []).append(s)
+        return [{"minute": i * minutes, "answers": len(xs), "mean_score": statistics.fmean(x.score for x in xs),
+                 "adapters": sorted({x.adapter or "base" for x in xs})} for i, xs in sorted(buckets.items())]
+
     def report(self, registry: Registry) -> dict[str, Any]:
         """Timeline from the first rating to an active adapter, and the score before vs after it."""
         def since_start(iso: str) -> float:
@@ -222,6 +254,7 @@ class Simulation:
             return since_start(row["at"]) - self.first_feedback_s
 
         return {
+            "promotions": self.promotions(audit, since_start), "trajectory": self.trajectory(),
             "started_at": self.started_at.isoformat(), "users": self.settings.simulate_users,
             "preference": str(self.settings.simulate_preference or "concise_question (bundled)"), "elapsed_s": self.now(), "ratings": self.ratings,
             "answers": len(self.served),
@@ -254,6 +287,11 @@ def summary(report: dict[str, Any]) -> str:
         lines.append("p-value: the promoted adapter has not served the tested number of answers yet" if report["p_value"] is None else
                      f"gain {report['gain']:+.3f}, p = {report['p_value']:.2g} "
                      f"({'significant' if report['significant'] else 'not significant'} at 0.05, {report['test']})")
+    for row in report.get("promotions", [])[1:]:  # the first is the lines above
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        lines.append(f"{row['version']} over {row['replaced']}: {fmt(row['mean_score'])} ({row['answers']} answers) vs "
+                     f"{fmt(row['replaced_mean_score'])} ({row['replaced_answers']}), "
+                     + ("not tested yet" if row["p_value"] is None else f"p = {row['p_value']:.2g}"))
     return "\n".join(lines)
 
 
@@ -293,6 +331,8 @@ async def simulate(settings: SimulationSettings, stop: asyncio.Event) -> dict[st
                     P_VALUE.set(report["p_value"])
                 tested = report["p_value"] is not None
                 if settings.simulate_until_tested and (tested or time.monotonic() > deadline):
+                    stop.set()
+                if settings.simulate_minutes and time.monotonic() - sim.started >= settings.simulate_minutes * 60:
                     stop.set()
         finally:
             stop.set()

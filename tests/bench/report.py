@@ -321,7 +321,7 @@ def rollout(r: dict, out: Path) -> list[str]:
 
 def loop(r: dict, out: Path) -> list[str]:
     """Whatever the closed-loop demo wrote: its scalar figures as a table, its events as a timeline."""
-    scalars = flatten({k: v for k, v in r.items() if k not in ("events", "benchmark", "at", "machine")})
+    scalars = flatten({k: v for k, v in r.items() if k not in ("events", "trajectory", "benchmark", "at", "machine")})
     milestones = [(k, v) for k, v in scalars.items() if k.startswith("feedback_to_")]
     lines = []
     if milestones:
@@ -349,6 +349,19 @@ def loop(r: dict, out: Path) -> list[str]:
         lines.append(save(fig, out, "loop.png"))
     elif events is not None:
         lines.append(f"The `events` list has no `t_s`/`event` entries to plot ({len(events)} entries).")
+    trajectory = r.get("trajectory")
+    if isinstance(trajectory, list) and trajectory:
+        fig, ax = plt.subplots(figsize=(10, 3))
+        ax.plot([m["minute"] for m in trajectory], [m["mean_score"] for m in trajectory], "o-", color=OURS)
+        for row in r.get("promotions") or []:
+            ax.axvline(row["at_s"] / 60, color="#888", linestyle="--", linewidth=1)
+            ax.annotate(row["version"], (row["at_s"] / 60, 1.0), fontsize=8, va="top")
+        ax.set_xlabel("minute of the run")
+        ax.set_ylabel("mean preference score")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("Served score over the run (dashed: promotions)", fontsize=10)
+        ax.grid(alpha=0.3)
+        lines.append(save(fig, out, "loop_trajectory.png"))
     return lines
 
 

@@ -68,6 +68,29 @@ def test_report_compares_answers_before_the_first_promotion_with_the_promoted_ad
     assert "significant at 0.05" in summary(report)
 
 
+def test_each_promotion_is_tested_against_the_version_it_replaced_and_the_run_has_a_trajectory(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    settings = SimulationSettings(_env_file=None, home=tmp_path, simulate_users=2, simulate_test_answers=3)
+    sim = Simulation(settings, lambda prompt, answer: 0.0, ["q"])
+    at = lambda s: (sim.started_at + timedelta(seconds=s)).isoformat()  # noqa: E731
+    audit = [{"action": "canary", "version": "v0001", "at": at(50)}, {"action": "promote", "version": "v0001", "at": at(60)},
+             {"action": "promote", "version": "v0002", "at": at(120)}]
+    sim.served = ([Served(t, None, 0.2) for t in (10, 20, 30, 40)] + [Served(55, "v0001", 0.9)]  # a canary answer: neither
+                  + [Served(t, "v0001", 0.5 + 0.01 * (t % 3)) for t in (61, 70, 80, 90)]
+                  + [Served(t, "v0002", 0.4) for t in (121, 130, 140, 150)])
+    since = lambda iso: (datetime.fromisoformat(iso) - sim.started_at).total_seconds()  # noqa: E731
+    first, second = sim.promotions(audit, since)
+    assert (first["version"], first["replaced"], first["answers"], first["replaced_answers"]) == ("v0001", "base", 3, 4)
+    assert first["better"] and first["gain"] == pytest.approx(0.51 - 0.2, abs=0.01)  # its first 3 answers only
+    # the second against the first's whole reign (61-90), not against the base model: it is worse, not better
+    assert (second["replaced"], second["replaced_answers"], second["answers"]) == ("v0001", 4, 3)
+    assert second["gain"] < 0 and not second["better"]
+    minutes = sim.trajectory()
+    assert [m["minute"] for m in minutes] == [0.0, 1.0, 2.0]
+    assert minutes[0]["adapters"] == ["base", "v0001"] and minutes[2]["mean_score"] == pytest.approx(0.4)
+
+
 def test_up_gives_serving_and_the_learner_their_own_cores_unless_bound_already() -> None:
     import os
 
