@@ -81,35 +81,21 @@ class FeedbackService:
         self._cache_size = idempotency_cache_size
 
     async def thumb(self, body: FeedbackCreate, *, user: str | None, client: str, idempotency_key: str | None) -> FeedbackAccepted:
-        rated = self._verified(body.feedback_token, "feedback_token")
-        self._check_user(rated, user)
-        self._limit(user or rated.user_id, client)
-        if not rated.store:
-            return FeedbackAccepted(id=None, stored=False)
-        key = idempotency_key or body.idempotency_key
-        event = ThumbEvent(
+        return await self._on_one_response(body, "thumb", user, client, idempotency_key, lambda rated, key: ThumbEvent(
             event_id=self._event_id(key, rated.response_id),
             conversation_id=rated.conversation_id, response_id=rated.response_id,
             adapter_version=rated.adapter_version, user_id=user or rated.user_id, rating=body.rating,
             comment=self._scrubbed(body.comment), reasons=list(body.reasons),
-        )
-        return await self._accept(event, key, body.model_dump_json(exclude={"idempotency_key"}), "thumb")
+        ))
 
     async def correction(self, body: CorrectionCreate, *, user: str | None, client: str,
                          idempotency_key: str | None) -> FeedbackAccepted:
-        rated = self._verified(body.feedback_token, "feedback_token")
-        self._check_user(rated, user)
-        self._limit(user or rated.user_id, client)
-        if not rated.store:
-            return FeedbackAccepted(id=None, stored=False)
-        key = idempotency_key or body.idempotency_key
-        event = CorrectionEvent(
+        return await self._on_one_response(body, "correction", user, client, idempotency_key, lambda rated, key: CorrectionEvent(
             event_id=self._event_id(key, f"correction|{rated.response_id}"),
             conversation_id=rated.conversation_id, response_id=rated.response_id,
             adapter_version=rated.adapter_version, user_id=user or rated.user_id, correction=self.scrub(body.correction),
             comment=self._scrubbed(body.comment), reasons=list(body.reasons),
-        )
-        return await self._accept(event, key, body.model_dump_json(exclude={"idempotency_key"}), "correction")
+        ))
 
     async def pairwise(self, body: PairwiseFeedbackCreate, *, user: str | None, client: str,
                        idempotency_key: str | None) -> FeedbackAccepted:
@@ -137,6 +123,18 @@ class FeedbackService:
         return await self._accept(event, key, body.model_dump_json(exclude={"idempotency_key"}), "pairwise")
 
     # -- steps ----------------------------------------------------------------------------------
+    async def _on_one_response(self, body: FeedbackCreate | CorrectionCreate, kind: str, user: str | None, client: str,
+                               idempotency_key: str | None,
+                               event: Callable[[RatedResponse, str | None], ThumbEvent | CorrectionEvent]) -> FeedbackAccepted:
+        """Feedback on one response, by its token: verified, the user's own, within the rate, then durable."""
+        rated = self._verified(body.feedback_token, "feedback_token")
+        self._check_user(rated, user)
+        self._limit(user or rated.user_id, client)
+        if not rated.store:
+            return FeedbackAccepted(id=None, stored=False)
+        key = idempotency_key or body.idempotency_key
+        return await self._accept(event(rated, key), key, body.model_dump_json(exclude={"idempotency_key"}), kind)
+
     def _scrubbed(self, comment: str | None) -> str | None:
         return None if comment is None else self.scrub(comment)
 

@@ -42,16 +42,11 @@ class OnlineDPOTrainer(PolicyTrainer):
         if self.world > 1:  # a step's pair count varies (ties drop out): ranks could take unequal backward passes
             raise ValueError("online DPO runs in one process; use PPO or RLOO under torchrun")
 
-    @property
-    def rollouts_per_prompt(self) -> int:
-        return self.config.samples_per_prompt
-
     def train_step(self, prompts: list) -> dict:
         c = self.config
         k = c.samples_per_prompt
         # 1. k answers per prompt, grouped; their log-probs under the policy and the reference, and scores
-        started, timings, batch, old_logprobs, _, ref_logprobs, scores = self.sample_and_score(
-            [p for p in prompts for _ in range(k)])
+        started, timings, batch, old_logprobs, _, ref_logprobs, scores = self.sample_and_score(prompts)
 
         # 2. each prompt's best and worst answer by the reward model: the step's pairs
         t = time.perf_counter()

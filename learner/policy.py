@@ -134,7 +134,10 @@ class PolicyTrainer:
 
     name = "policy"  # the progress bar's and the logs' name of the algorithm
     value_head = True  # whether the learner has a critic on the policy's trunk
-    rollouts_per_prompt = 1
+    @property
+    def rollouts_per_prompt(self) -> int:
+        """Answers sampled per prompt in a step: k for the learners that compare a prompt's answers (RLOO, online DPO)."""
+        return getattr(self.config, "samples_per_prompt", 1)
 
     def __init__(self, base_model: Path, run_dir: Path, config: PolicyConfig,
                  score: Callable[[list, list[str]], torch.Tensor], *, warm_start: Path | None = None,
@@ -224,10 +227,11 @@ class PolicyTrainer:
         raise NotImplementedError
 
     def sample_and_score(self, prompts: list):
-        """A step's first half, the same for every learner: rollouts of `prompts`, then old and reference
-        log-probs, values (or None) and scores; with the step's start and timings so far."""
+        """A step's first half, the same for every learner: rollouts of `prompts` (`rollouts_per_prompt` each,
+        grouped: prompt i's are rows i*k .. i*k + k - 1), then old and reference log-probs, values (or None) and
+        scores; with the step's start and timings so far."""
         started = time.perf_counter()
-        batch = self.rollout(prompts)
+        batch = self.rollout([p for p in prompts for _ in range(self.rollouts_per_prompt)])
         timings = {"time/rollout_s": time.perf_counter() - started}
         t = time.perf_counter()
         old_logprobs, old_values, ref_logprobs, scores = self.evaluate(batch)

@@ -39,16 +39,11 @@ class RLOOTrainer(PolicyTrainer):
     name = "RLOO"
     value_head = False
 
-    @property
-    def rollouts_per_prompt(self) -> int:
-        return self.config.samples_per_prompt
-
     def train_step(self, prompts: list) -> dict:
         c = self.config
         k = c.samples_per_prompt
         # 1.-2. k answers per prompt, grouped (prompt i's are rows i*k .. i*k + k - 1); log-probs and scores
-        started, timings, batch, old_logprobs, _, ref_logprobs, scores = self.sample_and_score(
-            [p for p in prompts for _ in range(k)])
+        started, timings, batch, old_logprobs, _, ref_logprobs, scores = self.sample_and_score(prompts)
 
         # 3. sequence rewards with the KL penalty; leave-one-out advantages within each prompt's group
         t = time.perf_counter()
