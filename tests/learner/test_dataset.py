@@ -127,3 +127,22 @@ def test_an_offline_learner_without_its_kind_of_feedback_ends_the_cycle_with_a_r
     assert report.candidate is None and report.reason == "no examples for dpo in the feedback yet"
     data = dataset.build(EventStore(settings.dataset_path), max_per_user=200, max_wait_s=3600)
     assert not DPOTrainer.examples(data) and len(KTOTrainer.examples(data)) == 2
+    from learner.config import SFTConfig
+    from learner.sft import SFTTrainer
+
+    report = run_cycle(settings, SFTConfig(), settings.reward)  # thumbs are no demonstrations either
+    assert report.candidate is None and report.reason == "no examples for sft in the feedback yet"
+    assert not SFTTrainer.examples(data)
+
+
+def test_every_algorithm_a_learner_may_be_set_to_has_its_trainer() -> None:
+    import typing
+
+    from learner.cycle import TRAINERS, trainer_name
+    from learner.settings import LearnerSettings
+
+    names = typing.get_args(LearnerSettings.model_fields["algorithm"].annotation)
+    assert {"ppo", "rloo", "online_dpo", "dpo", "kto", "sft"} <= set(names)
+    for name in names:
+        policy = LearnerSettings(_env_file=None, algorithm=name).policy
+        assert type(policy) in TRAINERS and trainer_name(policy) == name  # lineage records the name it was set by
