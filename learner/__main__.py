@@ -76,9 +76,12 @@ def main() -> int:
                 expired = store.expire(datetime.now(timezone.utc) - timedelta(days=settings.dataset_retention_days))
                 log.info("dataset.expired", events=expired, retention_days=settings.dataset_retention_days)
             # expired or forgotten events leave the count: new feedback is counted from what remains
-            feedback_at_last_cycle = min(feedback_at_last_cycle, store.feedback_count())
-            new_feedback = store.feedback_count() - feedback_at_last_cycle
-            helped = new_feedback >= settings.min_new_feedback_after_promotion and newest_is_active(registry)
+            stored = store.feedback_count()
+            feedback_at_last_cycle = min(feedback_at_last_cycle, stored)
+            new_feedback = stored - feedback_at_last_cycle
+            # the registry is read only when the lower count after a promotion could start a cycle now
+            helped = (cycle is None and new_feedback >= settings.min_new_feedback_after_promotion
+                      and newest_is_active(registry))
             if cycle is None and due(new_feedback, time.monotonic() - last_cycle_at, settings, helped=helped):
                 # a cycle runs in its own process: ingest (and the consumer group heartbeat) go on meanwhile
                 # it dies with us: a killed learner's restart must not find an orphan still training

@@ -179,9 +179,10 @@ def _example_key(example: Pair | Pointwise) -> str:
 
 def replay_sample(examples: list, seen: set[str], fraction: float, cap: int, rng: random.Random) -> list:
     """Every example not trained on before, and `fraction` of the others (at most `cap`), in their order."""
-    old = [i for i, e in enumerate(examples) if _example_key(e) in seen]
+    known = [_example_key(e) in seen for e in examples]
+    old = [i for i, k in enumerate(known) if k]
     replayed = set(rng.sample(old, min(cap, round(len(old) * fraction))))
-    return [e for i, e in enumerate(examples) if _example_key(e) not in seen or i in replayed]
+    return [e for i, e in enumerate(examples) if not known[i] or i in replayed]
 
 
 def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConfig) -> RefreshReport:
