@@ -81,8 +81,7 @@ class OnlineDPOConfig(PolicyConfig):
     samples_per_prompt: int = Field(default=4, ge=2, description="Answers sampled per prompt (k): the reward model's best "
                                                                  "and worst of them form the step's pair.")
     minibatch_size: int = Field(default=4, ge=1, description="Pairs per gradient step.")
-    beta: float = Field(default=0.5, gt=0, description="Strength of the implicit KL to the reference (the adapter disabled).")
-    learning_rate: float = Field(default=2e-3, gt=0, description="AdamW learning rate.")
+    beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL to the reference (the adapter disabled).")
 
 
 class OfflineConfig(LoRATraining):

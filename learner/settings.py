@@ -37,8 +37,9 @@ class LearnerSettings(RuntimeSettings):
                                        "cannot steer PPO: docs/tuning.md).",
     )
     min_new_feedback_after_promotion: int = Field(
-        default=60, ge=1, description="New ratings that start the next cycle once the newest candidate became active "
-                                      "(the last cycle helped): the loop keeps going from the active adapter sooner.",
+        default=120, ge=1, description="New ratings that start the next cycle once the newest candidate became active "
+                                       "(the last cycle helped); lower than RLHF_MIN_NEW_FEEDBACK, the loop keeps going "
+                                       "from the active adapter sooner.",
     )
     max_interval_s: float = Field(
         default=3600, gt=0, description="A cycle also starts this long after the last one, if any new rating arrived."
