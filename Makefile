@@ -83,6 +83,8 @@ $(PEER_VENV)/.installed: requirements/trl-1.12.txt
 	$(PEER_VENV)/bin/pip install -r requirements/trl-1.12.txt $(TORCH_INDEX)
 	touch $@
 
+# the preference suite x the learners (tests/bench/learning.py): the whole grid by default; LEARNING="--preferences lists" narrows it
+LEARNING ?=
 bench: install $(BENCH_STAMP) $(PEER_VENV)/.installed
 	$(BIN)/python -m tests.bench.serving
 	$(BIN)/python -m tests.bench.feedback
@@ -91,6 +93,7 @@ bench: install $(BENCH_STAMP) $(PEER_VENV)/.installed
 	$(BIN)/python -m tests.bench.rollout
 	$(BIN)/python -m tests.bench.hotswap
 	$(BIN)/python -m tests.bench.dataset
+	$(BIN)/python -m tests.bench.learning $(LEARNING)
 	$(BIN)/python -m tests.bench.report
 
 docs: install

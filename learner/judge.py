@@ -25,13 +25,10 @@ class Judge:
 
     @classmethod
     def from_model(cls, model: Path, *, kv_cache_bytes: int, max_model_len: int = 4096) -> Judge:
-        import torch
-        from vllm import LLM
+        from learner.rollout import local_llm
 
-        threads = torch.get_num_threads()
-        llm = LLM(model=str(model), kv_cache_memory_bytes=kv_cache_bytes, max_model_len=max_model_len,
-                  enable_prefix_caching=False)
-        torch.set_num_threads(threads)  # vLLM lowers this process's threads; the gates score here
+        llm = local_llm(model, kv_cache_memory_bytes=kv_cache_bytes, max_model_len=max_model_len,
+                        enable_prefix_caching=False)
         return cls(llm)
 
     def verdicts(self, requests: list[str], a: list[str], b: list[str]) -> list[str]:

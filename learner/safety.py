@@ -57,13 +57,10 @@ class LlamaGuard(SafetyClassifier):
 
     @classmethod
     def from_model(cls, model: Path, *, kv_cache_bytes: int, tolerance: float, max_model_len: int = 2048) -> LlamaGuard:
-        import torch
-        from vllm import LLM
+        from learner.rollout import local_llm
 
-        threads = torch.get_num_threads()
-        llm = LLM(model=str(model), kv_cache_memory_bytes=kv_cache_bytes, max_model_len=max_model_len,
-                  enable_prefix_caching=False)
-        torch.set_num_threads(threads)  # vLLM lowers this process's threads; the gates train/score here
+        llm = local_llm(model, kv_cache_memory_bytes=kv_cache_bytes, max_model_len=max_model_len,
+                        enable_prefix_caching=False)
         return cls(llm, tolerance)
 
     def verdicts(self, requests: list[str], answers: list[str]) -> list[str]:

@@ -26,6 +26,16 @@ def welch_greater(after: list[float], before: list[float]) -> float:
     return p if math.isfinite(p) else 1.0
 
 
+def welch_interval(after: list[float], before: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Confidence interval of mean(after) - mean(before), Welch's; None with fewer than two of either."""
+    from scipy.stats import ttest_ind
+
+    if len(after) < 2 or len(before) < 2:
+        return None
+    low, high = ttest_ind(after, before, equal_var=False).confidence_interval(confidence)
+    return (float(low), float(high)) if math.isfinite(low) and math.isfinite(high) else None
+
+
 def mcnemar_worse(candidate: list[bool], incumbent: list[bool]) -> float:
     """One-sided exact McNemar p-value that `candidate` gets fewer of the same items right.
 

@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field
 
 from learner.registry import Registry
-from learner.stats import welch_greater
+from learner.stats import welch_greater, welch_interval
 from rlhf_loop.simulation.preferences import resolve
 from feedback.settings import RuntimeSettings
 
@@ -79,6 +79,8 @@ class SimulationSettings(RuntimeSettings):
     simulate_minutes: float | None = Field(
         default=None, gt=0, description="Run the simulation this long, then stop everything (a run of the continual "
                                         "loop: `make demo MINUTES=`); unset: until stopped.")
+    simulate_seed: int = Field(default=0, ge=0, description="Seed of the simulated users' choices (what they ask, "
+                                                          "rate and when): runs of a bench differ by it.")
     simulate_metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of the simulation's /metrics; 0: off.")
     simulate_metrics_host: str = Field(default="127.0.0.1", description="Address the simulation's /metrics listens on.")
     simulate_report: Path | None = Field(default=None, description="Where the simulation writes its report; default RLHF_HOME/simulation.json.")
@@ -209,6 +211,28 @@ class Simulation:
             active, active_since = row["version"], at
         return rows
 
+    def vs_base(self, audit: list[dict], since_start: Callable[[str], float]) -> dict[str, Any] | None:
+        """The run's last promoted version against the base model (the issue's target): its first
+        `simulate_test_answers` answers after its promotion against every answer the base model served
+        before the first promotion; one test, on samples fixed in advance. None before a promotion."""
+        promotes = sorted((r for r in audit if r["action"] == "promote" and r["version"]), key=lambda r: r["at"])
+        if not promotes:
+            return None
+        first, last = since_start(promotes[0]["at"]), promotes[-1]
+        at = since_start(last["at"])
+        served = sorted(self.served, key=lambda s: s.at)
+        base = [s.score for s in served if s.adapter is None and s.at < first]
+        after = [s.score for s in served if s.at >= at and s.adapter == last["version"]][: self.settings.simulate_test_answers]
+        tested = len(after) == self.settings.simulate_test_answers and len(base) > 1
+        base_mean = statistics.fmean(base) if base else None
+        return {"version": last["version"], "answers": len(after), "mean_score": statistics.fmean(after) if after else None,
+                "base_answers": len(base), "base_mean_score": base_mean,
+                "gain": statistics.fmean(after) - base_mean if after and base else None,
+                "ci95": welch_interval(after, base) if tested else None,
+                "p_value": welch_greater(after, base) if tested else None,
+                # the issue's bar: +0.15, or half the headroom above the base model where that is smaller
+                "target_gain": min(0.15, (1 - base_mean) / 2) if base_mean is not None else None}
+
     def trajectory(self, minutes: float = 1.0) -> list[dict[str, Any]]:
         """The served score over the run: the mean of each minute's answers, and who served them."""
         buckets: dict[int, list[Served]] = {}
@@ -254,7 +278,8 @@ class Simulation:
             return since_start(row["at"]) - self.first_feedback_s
 
         return {
-            "promotions": self.promotions(audit, since_start), "trajectory": self.trajectory(),
+            "promotions": self.promotions(audit, since_start), "vs_base": self.vs_base(audit, since_start),
+            "trajectory": self.trajectory(), "seed": self.settings.simulate_seed,
             "started_at": self.started_at.isoformat(), "users": self.settings.simulate_users,
             "preference": str(self.settings.simulate_preference or "concise_question (bundled)"), "elapsed_s": self.now(), "ratings": self.ratings,
             "answers": len(self.served),
@@ -292,6 +317,10 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"{row['version']} over {row['replaced']}: {fmt(row['mean_score'])} ({row['answers']} answers) vs "
                      f"{fmt(row['replaced_mean_score'])} ({row['replaced_answers']}), "
                      + ("not tested yet" if row["p_value"] is None else f"p = {row['p_value']:.2g}"))
+    final = report.get("vs_base")
+    if final and len(report.get("promotions", [])) > 1:
+        lines.append(f"{final['version']} over the base model: gain "
+                     + ("not tested yet" if final["p_value"] is None else f"{final['gain']:+.3f}, p = {final['p_value']:.2g}"))
     return "\n".join(lines)
 
 
@@ -311,7 +340,7 @@ async def simulate(settings: SimulationSettings, stop: asyncio.Event) -> dict[st
                 pass
             await asyncio.sleep(1.0)
         sim.started, sim.started_at = time.monotonic(), datetime.now(timezone.utc)
-        users = [asyncio.create_task(sim.user(client, f"simulated-{i}", random.Random(i), stop))
+        users = [asyncio.create_task(sim.user(client, f"simulated-{i}", random.Random(settings.simulate_seed * 1000 + i), stop))
                  for i in range(settings.simulate_users)]
         log.info("simulation.started", users=settings.simulate_users, preference=str(settings.simulate_preference or "bundled"))
         deadline = sim.started + settings.simulate_max_minutes * 60

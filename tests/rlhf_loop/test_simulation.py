@@ -86,6 +86,12 @@ def test_each_promotion_is_tested_against_the_version_it_replaced_and_the_run_ha
     # the second against the first's whole reign (61-90), not against the base model: it is worse, not better
     assert (second["replaced"], second["replaced_answers"], second["answers"]) == ("v0001", 4, 3)
     assert second["gain"] < 0 and not second["better"]
+    # the run's result against the base model: the last promoted version's first 3 answers vs the base's 4
+    final = sim.vs_base(audit, since)
+    assert (final["version"], final["answers"], final["base_answers"]) == ("v0002", 3, 4)
+    assert final["gain"] == pytest.approx(0.2) and final["p_value"] < 0.01
+    assert final["ci95"][0] <= 0.2 <= final["ci95"][1] and final["target_gain"] == pytest.approx(0.15)
+    assert sim.vs_base([a for a in audit if a["action"] != "promote"], since) is None
     minutes = sim.trajectory()
     assert [m["minute"] for m in minutes] == [0.0, 1.0, 2.0]
     assert minutes[0]["adapters"] == ["base", "v0001"] and minutes[2]["mean_score"] == pytest.approx(0.4)
