@@ -45,8 +45,14 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
+def between_markers(text: str, start: str, end: str, body: str) -> str:
+    """`text` with what lies between the `start` and `end` marker lines replaced by `body` (the README's
+    generated tables)."""
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def readme_with_table(readme: str) -> str:
-    head, _, rest = readme.partition(README_START)
-    _, _, tail = rest.partition(README_END)
-    return f"{head}{README_START}\n{settings_table()}\n{README_END}{tail}"
+    return between_markers(readme, README_START, README_END, settings_table())
 

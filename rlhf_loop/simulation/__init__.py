@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import math
 import random
 import statistics
 import time
@@ -190,18 +191,21 @@ class Simulation:
             self.first_feedback_s = self.now()
 
     # -- did the loop work? -----------------------------------------------------------------------------
+    def scores(self, adapter: str | None, start: float, end: float = math.inf) -> list[float]:
+        """Scores of what `adapter` (None: the base model) served from `start` until `end`, in order."""
+        return [s.score for s in sorted(self.served, key=lambda s: s.at) if start <= s.at < end and s.adapter == adapter]
+
     def promotions(self, audit: list[dict], since_start: Callable[[str], float]) -> list[dict[str, Any]]:
         """Each promotion of the run against the version it replaced: the promoted version's first
         `simulate_test_answers` answers after it (a sample size fixed in advance, one test each) against
         what the replaced version served while it was active before it (an operator's rollback in between
         is not followed)."""
         n = self.settings.simulate_test_answers
-        served = sorted(self.served, key=lambda s: s.at)
         rows, active, active_since = [], None, 0.0  # the base model serves until the first promotion
-        for row in sorted((r for r in audit if r["action"] == "promote" and r["version"]), key=lambda r: r["at"]):
+        for row in _promotes(audit):
             at = since_start(row["at"])
-            before = [s.score for s in served if active_since <= s.at < at and s.adapter == active]
-            after = [s.score for s in served if s.at >= at and s.adapter == row["version"]][:n]
+            before = self.scores(active, active_since, at)
+            after = self.scores(row["version"], at)[:n]
             p_value = welch_greater(after, before) if len(after) == n and len(before) > 1 else None
             rows.append({"version": row["version"], "replaced": active or "base", "at_s": at,
                          "answers": len(after), "mean_score": statistics.fmean(after) if after else None,
@@ -215,14 +219,12 @@ class Simulation:
         """The run's last promoted version against the base model (the issue's target): its first
         `simulate_test_answers` answers after its promotion against every answer the base model served
         before the first promotion; one test, on samples fixed in advance. None before a promotion."""
-        promotes = sorted((r for r in audit if r["action"] == "promote" and r["version"]), key=lambda r: r["at"])
+        promotes = _promotes(audit)
         if not promotes:
             return None
-        first, last = since_start(promotes[0]["at"]), promotes[-1]
-        at = since_start(last["at"])
-        served = sorted(self.served, key=lambda s: s.at)
-        base = [s.score for s in served if s.adapter is None and s.at < first]
-        after = [s.score for s in served if s.at >= at and s.adapter == last["version"]][: self.settings.simulate_test_answers]
+        last = promotes[-1]
+        base = self.scores(None, 0.0, since_start(promotes[0]["at"]))
+        after = self.scores(last["version"], since_start(last["at"]))[: self.settings.simulate_test_answers]
         tested = len(after) == self.settings.simulate_test_answers and len(base) > 1
         base_mean = statistics.fmean(base) if base else None
         return {"version": last["version"], "answers": len(after), "mean_score": statistics.fmean(after) if after else None,
@@ -296,6 +298,11 @@ class Simulation:
                     "answers after its promotion against the incumbent's before it",
             "events": events,
         }
+
+
+def _promotes(audit: list[dict]) -> list[dict]:
+    """The registry's promotions of a version (not rollbacks to the base model), oldest first."""
+    return sorted((r for r in audit if r["action"] == "promote" and r["version"]), key=lambda r: r["at"])
 
 
 def summary(report: dict[str, Any]) -> str:

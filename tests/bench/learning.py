@@ -24,20 +24,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rich.progress import Progress
 
 from learner.registry import Registry
+from learner.settings import LearnerSettings
+from rlhf_loop.config import between_markers
 from rlhf_loop.simulation.preferences import SUITE
 from tests.bench.common import RESULTS, write_result
 from tests.helpers import free_port
 
-ALGORITHMS = ("ppo", "rloo", "online_dpo", "dpo", "kto")  # sft learns from corrections; simulated users give none
+# every RLHF_ALGORITHM but sft, which learns from corrections: simulated users give none
+ALGORITHMS = tuple(a for a in get_args(LearnerSettings.model_fields["algorithm"].annotation) if a != "sft")
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- learning:start -->", "<!-- learning:end -->"
 
@@ -45,7 +49,7 @@ START, END = "<!-- learning:start -->", "<!-- learning:end -->"
 def run_cell(preference: str, algorithm: str, seed: int, minutes: float, users: int, work: Path) -> dict[str, Any]:
     """One `up` run; its simulation report and registry, summarised."""
     home = work / f"{preference}-{algorithm}-{seed}"
-    subprocess.run(["rm", "-rf", str(home)], check=True)
+    shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     report_path = home / "simulation.json"
     env = {**os.environ, "RLHF_HOME": str(home), "RLHF_ALGORITHM": algorithm, "RLHF_SIMULATE_PREFERENCE": preference,
@@ -77,7 +81,7 @@ def summarise(report: dict[str, Any], registry: Registry) -> dict[str, Any]:
     met = bool(final and final["p_value"] is not None and final["gain"] >= final["target_gain"] and final["p_value"] < 0.01)
     promotions = report.get("promotions", [])
     return {
-        "base_score": report["before"]["mean_score"] if not promotions else (final or {}).get("base_mean_score"),
+        "base_score": final["base_mean_score"] if final else report["before"]["mean_score"],
         "vs_base": final, "met": met,
         "first_rating_to_first_promotion_s": report.get("feedback_to_active_s"),
         "promotions": [{k: row[k] for k in ("version", "replaced", "at_s", "gain", "p_value", "better")} for row in promotions],
@@ -120,9 +124,7 @@ def table(cells: list[dict[str, Any]]) -> str:
 
 
 def readme_with_table(readme: str, cells: list[dict[str, Any]], at: str) -> str:
-    head, _, rest = readme.partition(START)
-    _, _, tail = rest.partition(END)
-    return f"{head}{START}\n_Written by `python -m tests.bench.learning` ({at}); every run shown._\n\n{table(cells)}\n{END}{tail}"
+    return between_markers(readme, START, END, f"_Written by `python -m tests.bench.learning` ({at}); every run shown._\n\n{table(cells)}")
 
 
 def main() -> None:
@@ -146,9 +148,9 @@ def main() -> None:
         for preference, algorithm, seed in todo:
             progress.update(bar, description=f"{preference} x {algorithm} (seed {seed})")
             cells.append(run_cell(preference, algorithm, seed, args.minutes, args.users, args.work_dir))
-            out = write_result("learning", {"cells": cells})  # after each run: a cut-off session keeps what ran
+            write_result("learning", {"cells": cells})  # after each run: a cut-off session keeps what ran
             progress.advance(bar)
-    at = json.loads(out.read_text())["at"] if todo else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.readme.write_text(readme_with_table(args.readme.read_text(), cells, at))
     print(table(cells))
 
