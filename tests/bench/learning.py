@@ -129,7 +129,7 @@ def readme_with_table(readme: str, cells: list[dict[str, Any]], at: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preferences", nargs="+", default=list(SUITE), help="suite members (default: all)")
+    parser.add_argument("--preferences", nargs="+", default=list(SUITE), choices=list(SUITE), help="suite members (default: all)")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--minutes", type=float, default=30)
