@@ -183,7 +183,7 @@ OPENERS = ["{t} are fascinating.", "People have loved {t} for ages.", "There is 
 FOLLOW_UPS = ["Would you like to know more?", "Shall I go on?", "Want an example?", "Which part interests you?"]
 ENDINGS = ["That is all.", "I hope this helps.", "Enjoy.", "End of answer."]
 
-RULE_CONFIG = RewardConfig(epochs=2, batch_size=8, max_length=48, heldout_fraction=0.25, pointwise_weight=0.5)
+RULE_CONFIG = RewardConfig(epochs=1, batch_size=8, max_length=48, heldout_fraction=0.25, pointwise_weight=0.5)
 
 
 def synthetic(seed: int, count: int) -> tuple[list[Pair], list[Pointwise]]:
