@@ -22,7 +22,7 @@ def test_each_prompts_best_and_worst_answer_form_its_pair_and_ties_teach_nothing
     assert best_and_worst(torch.zeros(6), 2)[0].numel() == 0
 
 
-CONFIG = OnlineDPOConfig(steps=3, batch_size=4, samples_per_prompt=4, minibatch_size=4, ppo_epochs=2,
+CONFIG = OnlineDPOConfig(steps=2, batch_size=4, samples_per_prompt=4, minibatch_size=4, ppo_epochs=2,
                          max_new_tokens=HELD_OUT_MAX_TOKENS, learning_rate=2e-3, beta=0.5, kl_target=12.0)
 
 
@@ -32,6 +32,6 @@ def test_online_dpo_raises_held_out_reward_within_kl_budget(prepared_model: Path
     trainer = OnlineDPOTrainer(prepared_model, tmp_path / "run", CONFIG, lambda p, t: rule_scorer.score(p, t),
                                rollouts=rollouts)
     history = trainer.train(LEARNER_TRAIN)
-    assert [row["step"] for row in history] == [1, 2, 3] and all(row["pairs"] > 0 for row in history)
+    assert [row["step"] for row in history] == [1, 2] and all(row["pairs"] > 0 for row in history)
     assert_held_out_reward_rises_within_kl(trainer, rollouts, rule_scorer, base_held_out_scores, tmp_path / "eval",
                                            CONFIG.kl_target)
