@@ -32,6 +32,14 @@ def _lora_product(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Te
     return out
 
 
+def _store(target: torch.Tensor, values: torch.Tensor, add: bool) -> None:
+    """Write `values` into `target` (a view of vLLM's output tensor), or add them to it."""
+    if add:
+        target += values
+    else:
+        target.copy_(values)
+
+
 def bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0) -> None:
     outputs = _lora_product(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
@@ -41,19 +49,13 @@ def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_
     outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = 1 if outputs.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
     common = min(outputs.shape[1], output_tensor.shape[1])  # adapter and model may pad differently
-    if add_inputs:
-        output_tensor[:, :common] += outputs[:limit, :common]
-    else:
-        output_tensor[:, :common] = outputs[:limit, :common]
+    _store(output_tensor[:, :common], outputs[:limit, :common], add_inputs)
 
 
 def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset: int,
                       slice_size: int, add_inputs: bool = True) -> None:
     outputs = _lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+    _store(output_tensor[:, slice_offset : slice_offset + slice_size], outputs, add_inputs)
 
 
 REPLACED = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
