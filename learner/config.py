@@ -126,7 +126,11 @@ class RewardConfig(Hyperparameters):
     heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of examples held out for accuracy (by hash).")
     replay_fraction: float = Field(default=0.5, ge=0, le=1, description="Share of older examples replayed in a refresh.")
     replay_max: int = Field(default=256, ge=0, description="Most older examples of each kind (pairs, thumbs) replayed in a "
-                                                        "refresh: its cost follows the new feedback, not all feedback ever.")
+                                                        "refresh: its cost does not grow with all feedback ever received.")
+    max_steps: int = Field(default=32, ge=1, description=(
+        "Most optimizer steps of a refresh: the epochs stop there, and a refresh reads at most max_steps x batch_size "
+        "examples of each kind (the newest new ones first, then replay), so a cycle that found much new feedback "
+        "is not the slowest one."))
     heldout_max: int = Field(default=256, ge=1, description="Most held-out examples of each kind (the newest) a refresh "
                                                          "is measured on.")
     seed: int = Field(default=0, description="Seed for shuffling and initialisation.")

@@ -119,13 +119,14 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
         return chunk[: len(chunk) - len(chunk) % world][rank::world]
 
     steps_per_epoch = max(1, -(-max(len(pairs), len(pointwise)) // config.batch_size))
+    total = min(config.epochs * steps_per_epoch, config.max_steps)  # the whole first epoch fits (refresh's budget)
     history = []
     model.model.train()
     with Progress(console=Console(stderr=True), transient=True) as progress:
-        bar = progress.add_task("reward model", total=config.epochs * steps_per_epoch)
-        for _ in range(config.epochs):
+        bar = progress.add_task("reward model", total=total)
+        for epoch in range(config.epochs):
             pairs_order, thumbs_order = rng.sample(pairs, len(pairs)), rng.sample(pointwise, len(pointwise))
-            for step in range(steps_per_epoch):
+            for step in range(min(steps_per_epoch, total - epoch * steps_per_epoch)):
                 pair_batch, thumb_batch = share(pairs_order, step), share(thumbs_order, step)
                 loss, row = torch.zeros(()), {}
                 if not pair_batch and not thumb_batch:
@@ -177,12 +178,18 @@ def _example_key(example: Pair | Pointwise) -> str:
     return hashlib.sha1(repr(example).encode()).hexdigest()
 
 
-def replay_sample(examples: list, seen: set[str], fraction: float, cap: int, rng: random.Random) -> list:
-    """Every example not trained on before, and `fraction` of the others (at most `cap`), in their order."""
+def replay_sample(examples: list, seen: set[str], fraction: float, cap: int, rng: random.Random,
+                  budget: int | None = None) -> list:
+    """The examples a refresh reads, in their order: those not trained on before (the newest `budget` of
+    them), and `fraction` of the others (at most `cap`, and at most what the budget leaves)."""
     known = [_example_key(e) in seen for e in examples]
+    new = [i for i, k in enumerate(known) if not k]
     old = [i for i, k in enumerate(known) if k]
-    replayed = set(rng.sample(old, min(cap, round(len(old) * fraction))))
-    return [e for i, e in enumerate(examples) if not known[i] or i in replayed]
+    budget = len(examples) if budget is None else budget
+    new = new[max(0, len(new) - budget):]
+    replayed = rng.sample(old, max(0, min(cap, round(len(old) * fraction), budget - len(new))))
+    keep = set(new) | set(replayed)
+    return [e for i, e in enumerate(examples) if i in keep]
 
 
 def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConfig) -> RefreshReport:
@@ -190,9 +197,9 @@ def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConf
     not worse on held-out data than the current one (both measured on the same held-out set).
 
     Examples a kept version already trained on (`root/trained.txt`, one hash a line) are replayed
-    at `replay_fraction`, at most `replay_max` of each kind; new ones are all used. It is measured on the
-    newest `heldout_max` held-out examples of each kind: a refresh's cost follows what is new, not all
-    feedback ever received."""
+    at `replay_fraction`, at most `replay_max` of each kind; new ones are all used, up to what `max_steps`
+    steps read (the newest first). It is measured on the newest `heldout_max` held-out examples of each
+    kind: a refresh's cost is bounded, whatever the feedback received so far or since the last one."""
     root.mkdir(parents=True, exist_ok=True)
     trained_log = root / "trained.txt"
     seen_before = set(trained_log.read_text().split()) if trained_log.exists() else set()
@@ -201,10 +208,10 @@ def refresh(base_model: Path, root: Path, data: FeedbackData, config: RewardConf
     train_thumbs = [t for t in data.pointwise if not heldout(t, config.heldout_fraction)]
     test_pairs = [p for p in data.pairs if heldout(p, config.heldout_fraction)][-config.heldout_max:]
     test_thumbs = [t for t in data.pointwise if heldout(t, config.heldout_fraction)][-config.heldout_max:]
-    if seen_before:  # new data in full, a bounded sample of what earlier refreshes already trained on
-        rng = random.Random(config.seed)
-        train_pairs = replay_sample(train_pairs, seen_before, config.replay_fraction, config.replay_max, rng)
-        train_thumbs = replay_sample(train_thumbs, seen_before, config.replay_fraction, config.replay_max, rng)
+    # the newest new examples and a bounded replay of what earlier refreshes trained on, within max_steps
+    rng, budget = random.Random(config.seed), config.max_steps * config.batch_size
+    train_pairs = replay_sample(train_pairs, seen_before, config.replay_fraction, config.replay_max, rng, budget)
+    train_thumbs = replay_sample(train_thumbs, seen_before, config.replay_fraction, config.replay_max, rng, budget)
     previous = None
     if current is not None:
         previous = accuracy(RewardModel.create(base_model, config, warm_start=root / current), test_pairs, test_thumbs)
