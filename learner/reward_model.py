@@ -124,7 +124,7 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
     model.model.train()
     with Progress(console=Console(stderr=True), transient=True) as progress:
         bar = progress.add_task("reward model", total=total)
-        for epoch in range(config.epochs):
+        for epoch in range(-(-total // steps_per_epoch)):  # the epochs that max_steps leaves room for, the last maybe cut
             pairs_order, thumbs_order = rng.sample(pairs, len(pairs)), rng.sample(pointwise, len(pointwise))
             for step in range(min(steps_per_epoch, total - epoch * steps_per_epoch)):
                 pair_batch, thumb_batch = share(pairs_order, step), share(thumbs_order, step)
