@@ -20,7 +20,9 @@ margin. Evidence is the feedback stored since the canary started (its `canary` a
 - otherwise: wait for more feedback.
 
 A training cycle's candidate that passed its gates starts as canary (`start_canary`); a newer one
-replaces a canary the learner started (`canary_supersede`), never one an operator started.
+replaces a canary the learner started (`canary_supersede`), never one an operator started. The next
+cycle waits for a running canary's decision (`awaited_canary`, at most `canary_hold_s`), so it builds
+on what the decision leaves active.
 
 The active side is measured on the same window when it has thumbs there. When it has none (with few
 users a hash split can put every one of them on the canary), it is measured on its own thumbs from
@@ -207,6 +209,17 @@ def canary_start(registry: Registry, canary: str) -> dict | None:
 def canary_started_at(registry: Registry, canary: str) -> datetime | None:
     start = canary_start(registry, canary)
     return datetime.fromisoformat(start["at"]) if start else None
+
+
+def awaited_canary(registry: Registry, settings: LearnerSettings, now: datetime) -> str | None:
+    """The running canary the next cycle waits for, if any: a cycle started meanwhile would warm-start
+    from the version the canary may replace, and, on one machine, take the cores that serve the
+    canary's users their answers (its evidence). It waits at most `canary_hold_s` from the canary's start."""
+    canary = registry.read_pointer().canary
+    started = canary_started_at(registry, canary) if canary is not None else None
+    if started is None or (now - started).total_seconds() >= settings.canary_hold_s:
+        return None
+    return canary
 
 
 def start_canary(registry: Registry, candidate: str, settings: LearnerSettings) -> bool:

@@ -162,6 +162,11 @@ class LearnerSettings(RuntimeSettings):
         default=True, description="A newer candidate that passed its gates replaces a running canary the learner started "
                                   "(as Flagger restarts the analysis on a new revision); an operator's canary is never replaced.",
     )
+    canary_hold_s: float = Field(
+        default=1800, ge=0, description="How long a due cycle waits for a running canary's decision, so that it warm-starts "
+                                        "from the version the decision leaves active and the canary's users keep the cores; "
+                                        "past it, a cycle starts (its candidate may supersede the canary). 0: no wait.",
+    )
     promotion_min_feedback: int = Field(default=20, ge=1, description="Thumbs on the canary before it may become active.")
     promotion_min_duels: int = Field(default=20, ge=1, description="Duels (canary vs active) from which a canary that significantly loses them is rejected.")
     promotion_margin: float = Field(

@@ -45,6 +45,8 @@ SMALL = {
     # first canary at -1.62 vs -1.11): the check itself is tested in tests/learner/test_promotion.py
     "RLHF_GATE_FLUENCY_TOLERANCE": "3",
     # short answers: ratings within seconds, and serving leaves the two cores to training
+    # the next cycle waits for the canary's decision, then starts at once (the learner is killed while it trains)
+    "RLHF_MIN_NEW_FEEDBACK_AFTER_PROMOTION": "16",
     "RLHF_SIMULATE_THINK_S": "2", "RLHF_SIMULATE_MAX_TOKENS": "8",
 }
 
@@ -111,6 +113,11 @@ def test_up_with_simulated_users_closes_the_loop_restarts_and_stops_cleanly(prep
         assert report["answers_by_adapter"]["v0001"] >= 2  # answers served by the new adapter
         metrics = httpx.get(f"http://127.0.0.1:{env['RLHF_SIMULATE_METRICS_PORT']}/metrics").text
         assert 'rlhf_simulated_preference_score_count{adapter="v0001"}' in metrics
+
+        # no cycle starts while the canary is undecided (one due meanwhile waits, then builds on the decision)
+        events = [json.loads(line).get("event") for line in log.read_text().splitlines() if line.startswith("{")]
+        order = [e for e in events if e in ("cycle.started", "canary.started", "canary.decided")]
+        assert order[:4] == ["cycle.started", "canary.started", "canary.decided", "cycle.started"], order
 
         # a killed child is restarted; the rest keeps serving
         learner = _children(log)["learner"]

@@ -10,6 +10,15 @@ def test_a_cycle_is_due_on_enough_feedback_or_enough_time_with_some_feedback() -
     assert not due(0, 10 * 3600, settings)  # nothing new: nothing to learn from
 
 
+def _adapter(tmp_path):
+    """A stand-in adapter directory: the registry stores files, these tests never load them."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    return adapter
+
+
 def test_after_a_cycle_that_helped_fewer_ratings_start_the_next(tmp_path) -> None:
     from learner.__main__ import newest_is_active
     from learner.registry import Registry
@@ -20,10 +29,7 @@ def test_after_a_cycle_that_helped_fewer_ratings_start_the_next(tmp_path) -> Non
 
     registry = Registry(str(tmp_path / "registry"), cache_dir=tmp_path / "cache")
     assert not newest_is_active(registry)  # no candidate yet
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text('{"r": 8}')
-    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    adapter = _adapter(tmp_path)
     first = registry.publish(adapter, {"parent": None}, {"passed": True, "gates": []})
     registry.promote(first, actor="canary-policy", reason="won")
     assert newest_is_active(registry)  # the last cycle's candidate serves: it helped
@@ -69,3 +75,24 @@ def test_hyperparameters_are_typed_settings_one_spelling_refused_at_start_in_one
                             env={"PATH": "/usr/bin:/bin", "RLHF_PPO": "{bad"})
     assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1, broken.stderr
     assert 'error parsing value for field "ppo"' in broken.stderr, broken.stderr
+
+
+def test_a_due_cycle_waits_for_the_running_canarys_decision_at_most_canary_hold_s(tmp_path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from learner.promotion import awaited_canary
+    from learner.registry import Registry
+
+    settings = LearnerSettings(canary_hold_s=1800)
+    registry = Registry(str(tmp_path / "registry"), cache_dir=tmp_path / "cache")
+    now = datetime.now(timezone.utc)
+    assert awaited_canary(registry, settings, now) is None  # nothing to wait for
+    adapter = _adapter(tmp_path)
+    first = registry.publish(adapter, {"parent": None}, {"passed": True, "gates": []})
+    registry.canary(first, 0.5, actor="learner", reason="passed its gates")
+    assert awaited_canary(registry, settings, datetime.now(timezone.utc)) == first
+    # a canary undecided for longer than the hold no longer holds the loop back; 0 never waits
+    assert awaited_canary(registry, settings, datetime.now(timezone.utc) + timedelta(seconds=1800)) is None
+    assert awaited_canary(registry, LearnerSettings(canary_hold_s=0), datetime.now(timezone.utc)) is None
+    registry.promote(first, actor="canary-policy", reason="won")
+    assert awaited_canary(registry, settings, datetime.now(timezone.utc)) is None  # decided: the next cycle builds on it
