@@ -55,3 +55,24 @@ def test_killed_preparation_leaves_no_half_written_model(tmp_path: Path) -> None
     assert is_prepared(prepare(target))
     assert not list(tmp_path.glob(".model.staging-*"))
     assert (target / MARKER).is_file()
+
+
+def test_the_gguf_is_parsed_once_per_preparation_and_gguf_is_left_as_it_was(tmp_path: Path) -> None:
+    import gguf
+
+    from rlhf_loop.model import _gguf_parsed_once
+
+    tiny = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(tiny), "llama")
+    writer.add_block_count(2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with pytest.raises(RuntimeError):
+        with _gguf_parsed_once():
+            first, second = gguf.GGUFReader(str(tiny)), gguf.GGUFReader(str(tiny))
+            assert first is second  # one parse serves the config, weights and tokenizer reads
+            raise RuntimeError("a failed conversion")
+    assert gguf.GGUFReader is original and isinstance(first, original)
