@@ -58,6 +58,7 @@ TRAINERS = {PPOConfig: PPOTrainer, RLOOConfig: RLOOTrainer, OnlineDPOConfig: Onl
 def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, reward: RewardConfig, *,
               rollouts=None) -> CycleReport:
     started = time.perf_counter()
+    log.info("cycle.reading", dataset=str(settings.dataset_path))  # imports done: what follows, to cycle.data, is the read
     store = EventStore(settings.dataset_path)
     try:
         data = dataset.build(store, max_per_user=settings.max_examples_per_user,
