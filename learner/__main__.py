@@ -66,13 +66,13 @@ def main() -> int:
     last_expiry = -math.inf
     cycle: subprocess.Popen | None = None
     awaited = logged_hold = None  # the running canary a due cycle waits for
-    last_hold_check = -math.inf
+    hold_stale = True  # the registry may have moved since `awaited` was read
     try:
         while not stop.is_set():
             ingest_once(consumer, store, settings.ingest_poll_ms)
             if cycle is not None and cycle.poll() is not None:
                 log.info("cycle.finished", returncode=cycle.returncode)
-                cycle, last_hold_check = None, -math.inf  # it may have started a canary: read before the next one
+                cycle, hold_stale = None, True  # it may have started a canary
             if settings.dataset_retention_days and time.monotonic() - last_expiry >= 3600:
                 last_expiry = time.monotonic()
                 expired = store.expire(datetime.now(timezone.utc) - timedelta(days=settings.dataset_retention_days))
@@ -85,9 +85,10 @@ def main() -> int:
             helped = (cycle is None and new_feedback >= settings.min_new_feedback_after_promotion
                       and newest_is_active(registry))
             if cycle is None and due(new_feedback, time.monotonic() - last_cycle_at, settings, helped=helped):
-                # a running canary is waited for (read at the promotion policy's pace: the registry may be an object store)
-                if time.monotonic() - last_hold_check >= settings.promotion_check_s:
-                    last_hold_check = time.monotonic()
+                # a running canary is waited for (read after a cycle or a promotion check, not every poll:
+                # the registry may be an object store)
+                if hold_stale:
+                    hold_stale = False
                     awaited = promotion.awaited_canary(registry, settings, datetime.now(timezone.utc))
                     if awaited is not None and awaited != logged_hold:
                         log.info("cycle.waits_for_canary", canary=awaited, new_feedback=new_feedback)
@@ -99,7 +100,7 @@ def main() -> int:
                     feedback_at_last_cycle, last_cycle_at = feedback_at_last_cycle + new_feedback, time.monotonic()
                     log.info("cycle.started", new_feedback=new_feedback, pid=cycle.pid)
             if time.monotonic() - last_promotion_check >= settings.promotion_check_s:
-                last_promotion_check = time.monotonic()
+                last_promotion_check, hold_stale = time.monotonic(), True  # it may decide the canary; operators move it too
                 try:
                     promotion.check(registry, lambda since, until: store.events(("thumb", "pairwise"), since, until), settings,
                                     lambda since, until: store.events(("interaction",), since, until), fluency)

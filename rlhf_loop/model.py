@@ -97,12 +97,8 @@ def _gguf_parsed_once():
         gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
+@_gguf_parsed_once()
 def _write_dequantized(gguf: Path, out: Path, dtype: str) -> None:
-    with _gguf_parsed_once():
-        _convert(gguf, out, dtype)
-
-
-def _convert(gguf: Path, out: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -128,6 +128,14 @@ def service_env(home: Path, model: Path | None, broker: EmbeddedBroker, **extra:
     return env
 
 
+def stand_in_adapter(out: Path) -> Path:
+    """An adapter directory for registry tests: the registry stores its files, nothing loads them."""
+    out.mkdir()
+    (out / "adapter_config.json").write_text('{"r": 8}')
+    (out / "adapter_model.safetensors").write_bytes(b"weights")
+    return out
+
+
 def write_lora_adapter(model_dir: Path, out: Path, *, seed: int, rank: int = 8) -> Path:
     """A real PEFT LoRA for the model with random (non-zero) weights, so it changes answers."""
     import torch

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from learner.registry import Pointer, Registry, RegistryError
+from tests.helpers import stand_in_adapter
 
 PASSED = {"passed": True, "gates": []}
 FAILED = {"passed": False, "gates": [{"name": "kl", "passed": False, "reason": "KL 40.1 > budget 12"}]}
@@ -21,11 +22,7 @@ def registry(request, tmp_path: Path) -> Registry:
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Path:
-    path = tmp_path / "adapter"
-    path.mkdir()
-    (path / "adapter_config.json").write_text('{"r": 8}')
-    (path / "adapter_model.safetensors").write_bytes(b"weights")
-    return path
+    return stand_in_adapter(tmp_path / "adapter")
 
 
 def test_versions_are_numbered_immutable_and_readable_locally(registry: Registry, adapter: Path) -> None:

@@ -1,5 +1,6 @@
 from learner.config import due
 from learner.settings import LearnerSettings
+from tests.helpers import stand_in_adapter
 
 
 def test_a_cycle_is_due_on_enough_feedback_or_enough_time_with_some_feedback() -> None:
@@ -8,15 +9,6 @@ def test_a_cycle_is_due_on_enough_feedback_or_enough_time_with_some_feedback() -
     assert not due(49, 3599, settings)
     assert due(1, 3600, settings)
     assert not due(0, 10 * 3600, settings)  # nothing new: nothing to learn from
-
-
-def _adapter(tmp_path):
-    """A stand-in adapter directory: the registry stores files, these tests never load them."""
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text('{"r": 8}')
-    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    return adapter
 
 
 def test_after_a_cycle_that_helped_fewer_ratings_start_the_next(tmp_path) -> None:
@@ -29,7 +21,7 @@ def test_after_a_cycle_that_helped_fewer_ratings_start_the_next(tmp_path) -> Non
 
     registry = Registry(str(tmp_path / "registry"), cache_dir=tmp_path / "cache")
     assert not newest_is_active(registry)  # no candidate yet
-    adapter = _adapter(tmp_path)
+    adapter = stand_in_adapter(tmp_path / "adapter")
     first = registry.publish(adapter, {"parent": None}, {"passed": True, "gates": []})
     registry.promote(first, actor="canary-policy", reason="won")
     assert newest_is_active(registry)  # the last cycle's candidate serves: it helped
@@ -87,7 +79,7 @@ def test_a_due_cycle_waits_for_the_running_canarys_decision_at_most_canary_hold_
     registry = Registry(str(tmp_path / "registry"), cache_dir=tmp_path / "cache")
     now = datetime.now(timezone.utc)
     assert awaited_canary(registry, settings, now) is None  # nothing to wait for
-    adapter = _adapter(tmp_path)
+    adapter = stand_in_adapter(tmp_path / "adapter")
     first = registry.publish(adapter, {"parent": None}, {"passed": True, "gates": []})
     registry.canary(first, 0.5, actor="learner", reason="passed its gates")
     assert awaited_canary(registry, settings, datetime.now(timezone.utc)) == first
