@@ -57,8 +57,12 @@ $(BROWSER_STAMP): | $(STAMP)
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
 	touch $@
 
+# Two pytest-xdist workers: while one waits on a broker, a browser or a child process, the other computes.
+# The tests that share one heavy session fixture (an engine, the rule's reward model) run on one worker,
+# so each starts once per run (tests/conftest.py). `pytest` alone runs the same suite in one process.
+TEST_WORKERS ?= 2
 test: install $(BROWSER_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The inner loop: every test that starts no vLLM engine and trains no model (the HTTP layer runs on a
 # stand-in engine); `make test` is the whole suite and what CI runs.

@@ -118,6 +118,8 @@ class SFTConfig(OfflineConfig):
 class RewardConfig(Hyperparameters):
     lora_rank: int = Field(default=16, ge=1, description="LoRA rank of the reward model.")
     lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / rank).")
+    top_layers: int = Field(default=0, ge=0, description=(
+        "LoRA on the top N transformer layers only (0: on every layer): the backward pass stops below them."))
     learning_rate: float = Field(default=2e-4, gt=0, description="AdamW learning rate.")
     epochs: int = Field(default=3, ge=1, description="Passes over the training data per refresh.")
     batch_size: int = Field(default=8, ge=1, description="Pairs (and thumbs) per optimizer step.")

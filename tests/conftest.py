@@ -29,8 +29,13 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture(scope="session")
 def prepared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled model, prepared from its GGUF into a fresh directory by the real code path."""
-    return prepare(tmp_path_factory.mktemp("models") / "SmolLM2-135M-Instruct")
+    """The bundled model, prepared from its GGUF into a fresh directory by the real code path (once per
+    run: pytest-xdist's workers share their run's directory, and `prepare` lets one of them write it)."""
+    run_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_dir = run_dir.parent  # pytest-N/popen-gwK -> pytest-N, this run's and no other's
+    return prepare(run_dir / "models" / "SmolLM2-135M-Instruct")
+
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +77,15 @@ def lora_adapters(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory
     """Two distinct real adapters, written once per session."""
     root = tmp_path_factory.mktemp("adapters")
     return [write_lora_adapter(prepared_model, root / f"adapter-{seed}", seed=seed) for seed in (1, 2)]
+
+# Under pytest-xdist (`make test`: two workers), the tests that share one heavy session fixture run on one
+# worker, so each engine starts and the rule's reward model trains once per run (--dist loadgroup).
+ENGINE_GROUPS = {"rollouts": "learner-engine", "rule_reward_model": "learner-engine", "serving": "serving-engine"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before the xdist worker's own hook, which reads the marks (tests/test_conftest.py)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((ENGINE_GROUPS[name] for name in item.fixturenames if name in ENGINE_GROUPS), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -39,3 +39,15 @@ def test_a_worse_refresh_does_not_replace_the_current_model(rule_reward_model, p
     assert (copy / "CURRENT").read_text() == "rm-0001"
     assert not (copy / "rm-0002").exists()
 
+
+
+def test_top_layers_puts_the_reward_models_lora_on_the_top_layers_only(prepared_model: Path) -> None:
+    from learner.reward_model import RewardModel
+
+    model = RewardModel.create(prepared_model, RewardConfig(top_layers=2))
+    layers = model.model.config.num_hidden_layers
+    trained = {name.split(".layers.")[1].split(".")[0] for name, p in model.model.named_parameters()
+               if p.requires_grad and "lora_" in name}
+    assert trained == {str(layers - 2), str(layers - 1)}
+    every = RewardModel.create(prepared_model, RewardConfig())
+    assert len({name.split(".layers.")[1].split(".")[0] for name, _ in every.model.named_parameters() if "lora_" in name}) == layers
