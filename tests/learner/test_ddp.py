@@ -55,31 +55,25 @@ def lora_b(run_dir: Path):
     return torch.cat([w.flatten() for name, w in sorted(weights.items()) if "lora_B" in name])
 
 
-def test_ppo_two_process_torchrun_matches_one_process(prepared_model: Path, tmp_path: Path) -> None:
+def test_ppo_two_process_torchrun_matches_one_process(prepared_model: Path, rule_reward_model, rollouts,
+                                                     tmp_path: Path) -> None:
     import torch
 
     from learner.dataset import load_prompt_file
     from learner.config import PPOConfig, RewardConfig
     from learner.ppo import PPOTrainer
-    from learner.reward_model import RewardModel, load_current
+    from learner.reward_model import load_current
 
-    # a fresh reward model (its head seeded, untrained): both runs read the same one, and what is compared is
-    # the update, not what it learns. Neither the session's rollout engine nor its rule reward model: this
-    # test runs on whichever pytest-xdist worker is free, beside the tests that share those
-    root = tmp_path / "reward-models"
-    RewardModel.create(prepared_model, RewardConfig(max_length=48)).save(root / "rm-0001")
-    (root / "CURRENT").write_text("rm-0001")
+    root, _, _ = rule_reward_model
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"In one short sentence, what are {t}?"})
                                  for t in ["owls", "tea", "maps", "bees", "jazz", "kites"]))
-    # one process, in this one (its own rollout engine, as torchrun's rank 0 has): the baseline
+    # one process, in this one (the session's rollout engine): the baseline
     scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=48))
-    config = PPOConfig(steps=2, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=16, learning_rate=5e-4,
-                       rollout_kv_cache_mib=128)
-    single = PPOTrainer(prepared_model, tmp_path / "run-1", config, lambda p, t: scorer.score(p, t))
+    config = PPOConfig(steps=2, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=16, learning_rate=5e-4)
+    single = PPOTrainer(prepared_model, tmp_path / "run-1", config, lambda p, t: scorer.score(p, t), rollouts=rollouts)
     one = single.train(load_prompt_file(prompts))
     single.save_adapter(tmp_path / "run-1" / "candidate")
-    single.rollouts.llm.llm_engine.engine_core.shutdown()
     del single, scorer
 
     # two processes under torchrun, the same job flags
