@@ -61,10 +61,10 @@ class RewardModel:
             model = PeftModel.from_pretrained(base, warm_start, is_trainable=True)
         else:
             layers = base.config.num_hidden_layers
+            top = list(range(max(0, layers - config.top_layers), layers)) if config.top_layers else None
             model = get_peft_model(base, LoraConfig(
                 task_type="SEQ_CLS", r=config.lora_rank, lora_alpha=config.lora_alpha,
-                target_modules=LORA_TARGET_MODULES,
-                layers_to_transform=list(range(layers - min(config.top_layers, layers), layers)) if config.top_layers else None,
+                target_modules=LORA_TARGET_MODULES, layers_to_transform=top,
             ))
         return cls(model, tokenizer, config.max_length)
 

@@ -37,7 +37,6 @@ def prepared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare(run_dir / "models" / "SmolLM2-135M-Instruct")
 
 
-
 @pytest.fixture(scope="session")
 def serving(prepared_model: Path, broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingServer]:
     """The real serving process on the prepared model, ready to chat."""
@@ -77,6 +76,7 @@ def lora_adapters(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory
     """Two distinct real adapters, written once per session."""
     root = tmp_path_factory.mktemp("adapters")
     return [write_lora_adapter(prepared_model, root / f"adapter-{seed}", seed=seed) for seed in (1, 2)]
+
 
 # Under pytest-xdist (`make test`: two workers), the tests that share one heavy session fixture run on one
 # worker, so each engine starts and the rule's reward model trains once per run (--dist loadgroup).
