@@ -40,6 +40,18 @@ def test_a_worse_refresh_does_not_replace_the_current_model(rule_reward_model, p
     assert not (copy / "rm-0002").exists()
 
 
+def test_the_kept_versions_scorer_merges_its_lora_and_scores_as_the_trained_model_does(rule_reward_model,
+                                                                                      prepared_model: Path) -> None:
+    from learner.reward_model import RewardModel
+
+    root, _, pairs = rule_reward_model
+    trained = RewardModel.create(prepared_model, RULE_CONFIG, warm_start=root / "rm-0001")
+    scorer = RewardModel.scorer(prepared_model, RULE_CONFIG, root / "rm-0001")
+    assert not any("lora" in name for name, _ in scorer.model.named_parameters())
+    prompts, answers = [p.prompt for p in pairs[:16]], [p.chosen for p in pairs[:16]]
+    expected, merged = trained.score(prompts, answers), scorer.score(prompts, answers)
+    assert expected.std() > 0.1 and (expected - merged).abs().max() < 1e-3, (expected, merged)
+
 
 def test_top_layers_puts_the_reward_models_lora_on_the_top_layers_only(prepared_model: Path) -> None:
     from learner.reward_model import RewardModel
