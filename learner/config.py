@@ -45,7 +45,10 @@ class PolicyConfig(LoRATraining):
     max_new_tokens: int = Field(default=0, ge=0, description=(
         "Longest response generated; 0: the p95 max_tokens of recent interactions (learner/usage.py), so the "
         "policy is trained on the lengths users read and a cut answer is scored as cut."))
-    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of rollouts.")
+    temperature: float = Field(default=0.0, ge=0, description=(
+        "Sampling temperature of rollouts, at which the policy's log-probs and its KL to the reference are read; "
+        "0: the median temperature of recent interactions (learner/usage.py), so the policy is trained, and its KL "
+        "kept, on the distribution users sample from: the one the KL gate measures."))
     clip_range: float = Field(default=0.2, gt=0, description="Policy ratio clip.")
     kl_coef: float = Field(default=0.05, ge=0, description="Initial KL penalty coefficient (beta).")
     kl_target: float = Field(default=1.0, gt=0, description="Target sequence KL (nats) of the adaptive controller.")

@@ -101,7 +101,7 @@ def run_cycle(settings: LearnerSettings, policy: PolicyConfig | OfflineConfig, r
         trainer = TRAINERS[type(policy)](settings.model_dir, run_dir, policy, warm_start=incumbent)
         history = trainer.train(data)
     else:
-        policy = at_users_length(policy, usage)
+        policy = at_users_sampling(policy, usage)
         trainer = TRAINERS[type(policy)](settings.model_dir, run_dir, policy, score=scorer.score, warm_start=incumbent,
                                          rollouts=rollouts)
         history = trainer.train(prompts)
@@ -141,9 +141,10 @@ def trainer_name(policy: PolicyConfig | OfflineConfig) -> str:
     return TRAINERS[type(policy)].name.lower()
 
 
-def at_users_length(policy: PolicyConfig, usage: SamplingProfile) -> PolicyConfig:
-    """max_new_tokens 0 stands for the users' longest length (their p95)."""
-    return policy.model_copy(update={"max_new_tokens": usage.longest}) if policy.max_new_tokens == 0 else policy
+def at_users_sampling(policy: PolicyConfig, usage: SamplingProfile) -> PolicyConfig:
+    """max_new_tokens 0 stands for the users' longest length (their p95), temperature 0 for their median temperature."""
+    users = {"max_new_tokens": usage.longest, "temperature": usage.temperature}
+    return policy.model_copy(update={name: value for name, value in users.items() if getattr(policy, name) == 0})
 
 
 if __name__ == "__main__":  # `python -m learner.cycle`: one cycle with RLHF_PPO / RLHF_REWARD hyperparameters (vLLM spawns)

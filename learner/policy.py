@@ -145,8 +145,9 @@ class PolicyTrainer:
         torch.manual_seed(config.seed)  # the same initial LoRA and value head on every rank
         self.rank, self.world = rank_and_world()
         self.config, self.run_dir, self.score = config, run_dir, score
-        if config.max_new_tokens < 1:
-            raise ValueError("max_new_tokens 0 stands for the users' length: resolve it (learner.usage) before training")
+        if config.max_new_tokens < 1 or config.temperature == 0:
+            raise ValueError("max_new_tokens 0 and temperature 0 stand for the users' sampling: resolve them "
+                             "(learner.cycle.at_users_sampling) before training")
         if (config.batch_size * self.rollouts_per_prompt) % self.world or config.minibatch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} (x {self.rollouts_per_prompt} rollouts per prompt) and "
                              f"minibatch_size {config.minibatch_size} must divide by the {self.world} processes")

@@ -38,8 +38,9 @@ class PPOJob(JobFlags):
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m learner.train_ppo"
     job = load_settings(PPOJob, cli_args=sys.argv[1:] if argv is None else argv, prog=prog)
-    if job.ppo.max_new_tokens == 0:
-        sys.exit(f"{prog}: --ppo.max_new_tokens: a stand-alone run has no users' lengths to read; give the length to train at")
+    for flag in ("max_new_tokens", "temperature"):
+        if getattr(job.ppo, flag) == 0:
+            sys.exit(f"{prog}: --ppo.{flag}: a stand-alone run has no users' sampling to read; give the {flag} to train at")
     if dist.is_torchelastic_launched():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     loaded = load_current(job.model, job.reward_models, job.reward)

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from feedback.events import InteractionEvent
 
 OPENAI_DEFAULT_TEMPERATURE = 1.0  # what a request that sets no temperature gets
+# the lowest temperature gates and rollouts sample at: greedy users (0) give no samples that differ to learn
+# from, and log-probs read at temperature 0 are not defined
+MIN_TEMPERATURE = 0.3
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ def _quantile(values: list[int], q: float) -> int:
 
 def sampling_profile(interactions: list[InteractionEvent], *, default_max_tokens: int, ceiling: int) -> SamplingProfile:
     """p50 and p95 of the max_tokens of `interactions` (a request without one counts as
-    `default_max_tokens`), each at most `ceiling`; the median temperature (OpenAI's 1.0 where unset)."""
+    `default_max_tokens`), each at most `ceiling`; the median temperature (OpenAI's 1.0 where unset), at
+    least MIN_TEMPERATURE."""
     if not interactions:
         return SamplingProfile((min(default_max_tokens, ceiling),), OPENAI_DEFAULT_TEMPERATURE, 0)
     asked = [i.sampling.get("max_completion_tokens") or i.sampling.get("max_tokens") or default_max_tokens
@@ -42,4 +46,4 @@ def sampling_profile(interactions: list[InteractionEvent], *, default_max_tokens
     lengths = tuple(sorted({min(ceiling, _quantile(asked, 0.5)), min(ceiling, _quantile(asked, 0.95))}))
     temperatures = [i.sampling["temperature"] if i.sampling.get("temperature") is not None else OPENAI_DEFAULT_TEMPERATURE
                     for i in interactions]
-    return SamplingProfile(lengths, float(statistics.median(temperatures)), len(interactions))
+    return SamplingProfile(lengths, max(MIN_TEMPERATURE, float(statistics.median(temperatures))), len(interactions))

@@ -79,7 +79,7 @@ def main() -> None:
     scorer, _ = load_current(model, work / "reward_models", reward)
 
     # 2. PPO at the old horizon, pushed: the adapter is saved and gated at each of --steps
-    config = PPOConfig(steps=max(args.steps), max_new_tokens=48)
+    config = PPOConfig(steps=max(args.steps), max_new_tokens=48, temperature=1.0)
     run_dir = work / ("run-" + "-".join(map(str, sorted(args.steps))))  # a fresh PPO run per set of --steps
     trainer = PPOTrainer(model, run_dir, config, score=scorer.score, rollouts=engine)
     settings = LearnerSettings(_env_file=None, home=work / "home")

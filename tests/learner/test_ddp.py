@@ -42,7 +42,7 @@ def test_two_process_torchrun_matches_one_process(prepared_model: Path, tmp_path
 
 
 PPO_FLAGS = ["--ppo.steps", "2", "--ppo.batch_size", "4", "--ppo.minibatch_size", "4", "--ppo.ppo_epochs", "1",
-             "--ppo.max_new_tokens", "16", "--ppo.learning_rate", "5e-4", "--ppo.rollout_kv_cache_mib", "128",
+             "--ppo.max_new_tokens", "16", "--ppo.temperature", "1.0", "--ppo.learning_rate", "5e-4", "--ppo.rollout_kv_cache_mib", "128",
              "--reward.max_length", "48"]
 
 
@@ -70,7 +70,7 @@ def test_ppo_two_process_torchrun_matches_one_process(prepared_model: Path, rule
                                  for t in ["owls", "tea", "maps", "bees", "jazz", "kites"]))
     # one process, in this one (the session's rollout engine): the baseline
     scorer, _ = load_current(prepared_model, root, RewardConfig(max_length=48))
-    config = PPOConfig(steps=2, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=16, learning_rate=5e-4)
+    config = PPOConfig(steps=2, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=16, temperature=1.0, learning_rate=5e-4)
     single = PPOTrainer(prepared_model, tmp_path / "run-1", config, lambda p, t: scorer.score(p, t), rollouts=rollouts)
     one = single.train(load_prompt_file(prompts))
     single.save_adapter(tmp_path / "run-1" / "candidate")

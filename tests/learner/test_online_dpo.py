@@ -23,7 +23,7 @@ def test_each_prompts_best_and_worst_answer_form_its_pair_and_ties_teach_nothing
 
 
 CONFIG = OnlineDPOConfig(steps=2, batch_size=4, samples_per_prompt=4, minibatch_size=4, ppo_epochs=2,
-                         max_new_tokens=HELD_OUT_MAX_TOKENS, learning_rate=2e-3, beta=0.5, kl_target=12.0)
+                         max_new_tokens=HELD_OUT_MAX_TOKENS, temperature=1.0, learning_rate=2e-3, beta=0.5, kl_target=12.0)
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def test_sequence_reward_is_score_less_the_penalised_kl_of_real_tokens() -> None
 
 # 3 steps of 4 prompts x 4 answers, two passes of two minibatches each
 CONFIG = RLOOConfig(steps=3, batch_size=4, samples_per_prompt=4, minibatch_size=8, ppo_epochs=2,
-                    max_new_tokens=HELD_OUT_MAX_TOKENS, learning_rate=1e-3, kl_coef=0.05, kl_target=12.0)
+                    max_new_tokens=HELD_OUT_MAX_TOKENS, temperature=1.0, learning_rate=1e-3, kl_coef=0.05, kl_target=12.0)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learner.cycle import at_users_length
+from learner.cycle import at_users_sampling
 from learner.degeneration import degeneration, shares
 from learner.config import PPOConfig
 from learner.usage import sampling_profile
@@ -31,12 +31,18 @@ def test_an_empty_log_samples_at_least_256_tokens_at_openais_default_temperature
     assert usage.lengths == (256,) and usage.temperature == 1.0 and usage.interactions == 0
 
 
-def test_ppo_trains_at_the_users_longest_length_unless_told_otherwise(tmp_path: Path) -> None:
-    usage = sampling_profile(seeded_store(tmp_path / "e.sqlite", [{"max_tokens": 200}] * 20).recent("interaction", 100),
+def test_ppo_trains_at_the_users_longest_length_and_temperature_unless_told_otherwise(tmp_path: Path) -> None:
+    samplings = [{"max_tokens": 200, "temperature": 0.7}] * 20
+    usage = sampling_profile(seeded_store(tmp_path / "e.sqlite", samplings).recent("interaction", 100),
                              default_max_tokens=256, ceiling=512)
-    assert PPOConfig().max_new_tokens == 0  # the default: read from users
-    assert at_users_length(PPOConfig(), usage).max_new_tokens == 200
-    assert at_users_length(PPOConfig(max_new_tokens=16), usage).max_new_tokens == 16
+    assert PPOConfig().max_new_tokens == 0 and PPOConfig().temperature == 0  # the defaults: read from users
+    resolved = at_users_sampling(PPOConfig(), usage)
+    assert resolved.max_new_tokens == 200 and resolved.temperature == 0.7
+    told = at_users_sampling(PPOConfig(max_new_tokens=16, temperature=1.0), usage)
+    assert told.max_new_tokens == 16 and told.temperature == 1.0
+    # greedy users: rollouts and gates sample at the floor, where samples still differ and log-probs are defined
+    greedy = seeded_store(tmp_path / "greedy.sqlite", [{"max_tokens": 64, "temperature": 0.0}] * 5)
+    assert sampling_profile(greedy.recent("interaction", 100), default_max_tokens=256, ceiling=512).temperature == 0.3
 
 
 def test_whole_answers_are_checked_for_loops_symbols_empty_items_and_never_ending() -> None:
