@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from learner.cycle import at_users_sampling
 from learner.degeneration import degeneration, shares
 from learner.config import PPOConfig
@@ -55,3 +57,14 @@ def test_whole_answers_are_checked_for_loops_symbols_empty_items_and_never_endin
     assert degeneration("Bees make honey.", "length").degenerate is False  # cut, but not broken text
     assert shares([degeneration(fine, "stop"), degeneration(looping, "length")]) == {
         "degenerate": 0.5, "loop": 0.5, "symbols": 0.5, "empty_items": 0.0, "unfinished": 0.5}
+
+
+def test_a_stand_alone_ppo_run_must_be_told_the_length_and_temperature_users_would_have_given(tmp_path: Path) -> None:
+    from learner.train_ppo import main  # torch: imported only where it is needed
+
+    job = ["--model", str(tmp_path), "--reward_models", str(tmp_path), "--prompts", str(tmp_path / "p.jsonl"),
+           "--run_dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match="--ppo.max_new_tokens: a stand-alone run has no users' sampling"):
+        main(job)
+    with pytest.raises(SystemExit, match="--ppo.temperature: a stand-alone run has no users' sampling"):
+        main([*job, "--ppo.max_new_tokens", "16"])
