@@ -21,7 +21,7 @@ MIN_TEMPERATURE = 0.3
 @dataclass(frozen=True)
 class SamplingProfile:
     lengths: tuple[int, ...]  # max_tokens to sample at: the recent p50 and p95 (one value where they agree)
-    temperature: float  # the median temperature users asked for
+    temperature: float  # the median temperature users asked for, at least MIN_TEMPERATURE
     interactions: int  # how many logged interactions it was read from
 
     @property
