@@ -15,9 +15,6 @@ from pydantic_settings import BaseSettings
 if TYPE_CHECKING:
     from learner.settings import LearnerSettings
 
-# the LoRA of the policy and of the reward model: every attention projection of the transformer
-LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
 
 class Hyperparameters(BaseModel):
     """A misspelt hyperparameter is an error, not a silent default."""

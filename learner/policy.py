@@ -27,8 +27,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from learner import ppo_math as M
-from learner.config import LORA_TARGET_MODULES, PolicyConfig
+from learner.config import PolicyConfig
 from learner.distributed import gather, mean_over_ranks, rank_and_world
+from learner.registry import LORA_TARGET_MODULES
 from learner.dataset import as_messages
 from learner.rollout import VLLMRollouts
 

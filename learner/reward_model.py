@@ -27,9 +27,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from feedback.files import write_atomic
-from learner.config import LORA_TARGET_MODULES, RewardConfig
+from learner.config import RewardConfig
 from learner.dataset import FeedbackData, Pair, Pointwise, as_messages
 from learner.distributed import mean_over_ranks, rank_and_world
+from learner.registry import LORA_TARGET_MODULES
 
 log = structlog.get_logger(__name__)
 

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from learner.registry import LORA_TARGET_MODULES
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -54,7 +56,7 @@ class VLLMRollouts:
         self.llm = local_llm(
             model, enable_lora=True, max_lora_rank=max(8, lora_rank), max_loras=1,
             max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_mib << 20, seed=seed, dtype="float32",
-            enable_prefix_caching=False,
+            enable_prefix_caching=False, lora_target_modules=LORA_TARGET_MODULES,
         )
 
     def lora_id(self, adapter: Path) -> int:

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Callable, Protocol
 from fastapi import Request
 from starlette.datastructures import State
 
+from learner.registry import LORA_TARGET_MODULES
 from serving.settings import ServingSettings
 
 
@@ -71,6 +72,7 @@ def engine_cli_args(settings: ServingSettings) -> list[str]:
         # one more held in memory than run in a batch: the rollback target stays loaded (serving.adapters)
         "--max-cpu-loras", str(settings.max_loras + 1),
         "--max-lora-rank", str(settings.max_lora_rank),
+        "--lora-target-modules", *LORA_TARGET_MODULES,  # what our adapters adapt (learner/registry.py)
         "--disable-uvicorn-access-log",
         *(["--kv-cache-memory-bytes", str(kv_bytes)] if kv_bytes is not None else []),
     ]

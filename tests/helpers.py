@@ -20,8 +20,9 @@ from kafka.consumer.fetcher import ConsumerRecord
 from feedback.broker import EmbeddedBroker
 from feedback.events import InteractionEvent, Timings
 from feedback.export import from_the_start
-from learner.config import LORA_TARGET_MODULES, RewardConfig
+from learner.config import RewardConfig
 from learner.dataset import Pair, Pointwise
+from learner.registry import LORA_TARGET_MODULES
 from learner.store import EventStore
 from learner.settings import LearnerSettings
 
