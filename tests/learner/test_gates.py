@@ -54,6 +54,28 @@ def test_golden_questions_are_graded_by_their_keys(tmp_path: Path) -> None:
         golden_set(extra)
 
 
+@pytest.mark.slow
+def test_likelihoods_read_each_answer_as_a_forward_pass_of_it_alone_would(prepared_model: Path) -> None:
+    """Answers of mixed lengths, read in chunks of similar length from their first response token on: each
+    one's log-probs are those of the whole sequence read alone (no padding, every position's logits)."""
+    from learner.gates import Likelihoods
+    from learner.policy import response_logprobs
+
+    likelihoods = Likelihoods(prepared_model)
+    questions = [row["prompt"] * (1 + i % 3) for i, row in enumerate(load_set("golden")[:11])]
+    answers = ["Yes.", "It is Paris, the capital of France, on the Seine.", "Four"] * 4
+    rollouts = likelihoods.rollouts([[{"role": "user", "content": q}] for q in questions], answers[:11])
+    chunked = likelihoods.logprobs_at(rollouts, None, (0.7, 1.0))
+    with torch.no_grad():
+        for i, r in enumerate(rollouts):
+            ids = torch.tensor([r.prompt_ids + r.response_ids])
+            logits = likelihoods.model(input_ids=ids).logits
+            for temperature in (0.7, 1.0):
+                alone = response_logprobs(logits, ids, torch.tensor([len(r.prompt_ids)]), len(r.response_ids), temperature)[0][0]
+                assert chunked[temperature][i].shape == alone.shape
+                assert torch.allclose(chunked[temperature][i], alone, atol=1e-4), (i, temperature)
+
+
 @pytest.fixture(scope="module")
 def gate_env(prepared_model: Path, rule_scorer, rollouts, tmp_path_factory: pytest.TempPathFactory):
     scorer = rule_scorer
