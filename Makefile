@@ -69,9 +69,10 @@ test: install $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The inner loop: every test that starts no vLLM engine and trains no model (the HTTP layer runs on a
-# stand-in engine); `make test` is the whole suite and what CI runs.
+# stand-in engine), on both cores (one process: 120 s, over the 2 minutes it is for); `make test` is the whole
+# suite and what CI runs.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 # Each benchmark runs its peer in the same run on this machine and writes bench/results/<name>.json.
 BENCH_STAMP := $(VENV)/.installed-bench
