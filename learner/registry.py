@@ -38,15 +38,15 @@ from typing import Any, Callable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedback.files import write_atomic
 
 # What every LoRA of this service adapts (the policy's adapters, which the registry holds, and the reward
 # model's): every attention projection. The vLLM engines that load adapters, serving's and the learner's,
 # apply LoRA to these only: by default vLLM computes a LoRA term for every projection it supports, zeros
 # included (measured here: 16 answers with an adapter took 7.1-8.2 s on CPU, 3.6-4.0 s restricted to these).
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
-from pydantic import BaseModel, ConfigDict, Field
-
-from feedback.files import write_atomic
 
 
 class RegistryError(RuntimeError):
