@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
-# torch's OpenMP threads busy-wait by default; with engines, trainers and tests side by side on two
-# cores that made one training step several times slower. Set before torch loads; children inherit it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's OpenMP threads (libgomp) busy-wait by default; with engines, trainers and tests side by side on
+# two cores that made one training step several times slower. A short spin before sleeping does as well
+# as not spinning (OMP_WAIT_POLICY=PASSIVE) beside another process, and is as fast as the default alone
+# (docs/results.md). Set before torch loads; children inherit it.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402
@@ -17,7 +19,7 @@ from feedback.broker import EmbeddedBroker  # noqa: E402
 from feedback.settings import RuntimeSettings  # noqa: E402
 from feedback.topics import ensure_topics  # noqa: E402
 from rlhf_loop.model import prepare  # noqa: E402
-from tests.helpers import ADMIN_TOKEN, ServingServer, free_port, service_env, write_lora_adapter  # noqa: E402
+from tests.helpers import ADMIN_TOKEN, ServingServer, free_port, run_directory, service_env, write_lora_adapter  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,10 +33,7 @@ def broker() -> Iterator[EmbeddedBroker]:
 def prepared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled model, prepared from its GGUF into a fresh directory by the real code path (once per
     run: pytest-xdist's workers share their run's directory, and `prepare` lets one of them write it)."""
-    run_dir = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        run_dir = run_dir.parent  # pytest-N/popen-gwK -> pytest-N, this run's and no other's
-    return prepare(run_dir / "models" / "SmolLM2-135M-Instruct")
+    return prepare(run_directory(tmp_path_factory) / "models" / "SmolLM2-135M-Instruct")
 
 
 @pytest.fixture(scope="session")
@@ -78,14 +77,18 @@ def lora_adapters(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory
     return [write_lora_adapter(prepared_model, root / f"adapter-{seed}", seed=seed) for seed in (1, 2)]
 
 
-# Under pytest-xdist (`make test`: two workers), the tests that share one heavy session fixture run on one
-# worker, so each engine starts and the rule's reward model trains once per run (--dist loadgroup).
-ENGINE_GROUPS = {"rollouts": "learner-engine", "rule_reward_model": "learner-engine", "serving": "serving-engine"}
+# Under pytest-xdist (`make test`: two workers), the tests that share one engine run on one worker, so
+# each engine starts once per run (--dist loadgroup). The learner's tests are the longest queue (~22 min of
+# one worker, while the other ran out of work at ~14): the gates' tests are a group of their own, with a
+# rollout engine of their own (one more engine start, ~30 s), so that both workers can take a half; the
+# rule's reward model trains once for both (tests/learner/conftest.py). First match wins: a gates test
+# also asks for the rollout engine.
+ENGINE_GROUPS = {"gate_env": "learner-gates", "rollouts": "learner-engine", "serving": "serving-engine"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before the xdist worker's own hook, which reads the marks (tests/test_conftest.py)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        group = next((ENGINE_GROUPS[name] for name in item.fixturenames if name in ENGINE_GROUPS), None)
+        group = next((group for name, group in ENGINE_GROUPS.items() if name in item.fixturenames), None)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))

@@ -27,6 +27,13 @@ from learner.store import EventStore
 from learner.settings import LearnerSettings
 
 
+def run_directory(tmp_path_factory) -> Path:
+    """This pytest run's own directory, shared by its xdist workers (pytest-N/popen-gwK -> pytest-N):
+    where a session fixture that both workers need is made once."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

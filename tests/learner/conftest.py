@@ -1,22 +1,32 @@
 """Learner fixtures: one small reward model trained on a hidden synthetic rule (tests/helpers.py), and
-one vLLM rollout engine, per session."""
+one vLLM rollout engine per xdist worker that runs learner tests."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from learner.dataset import FeedbackData, Pair
 from learner.reward_model import RefreshReport, refresh
-from tests.helpers import RULE_CONFIG, held_out_scores, synthetic
+from tests.helpers import RULE_CONFIG, held_out_scores, run_directory, synthetic
+
 
 @pytest.fixture(scope="session")
 def rule_reward_model(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RefreshReport, list[Pair]]:
-    """(reward-model root, its first refresh report, the pairs it saw)."""
+    """(reward-model root, its first refresh report, the pairs it saw), trained once per run: under
+    pytest-xdist the first worker to ask trains it and the other reads it (tests only copy the root)."""
     pairs, thumbs = synthetic(seed=0, count=120)
-    root = tmp_path_factory.mktemp("reward-models")
-    return root, refresh(prepared_model, root, FeedbackData(pointwise=thumbs, pairs=pairs), RULE_CONFIG), pairs
+    run_dir = run_directory(tmp_path_factory)
+    root, saved = run_dir / "rule-reward-models", run_dir / "rule-reward-report.json"
+    with FileLock(f"{saved}.lock"):
+        if not saved.exists():
+            report = refresh(prepared_model, root, FeedbackData(pointwise=thumbs, pairs=pairs), RULE_CONFIG)
+            saved.write_text(json.dumps(dataclasses.asdict(report)))
+    return root, RefreshReport(**json.loads(saved.read_text())), pairs
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def test_likelihoods_read_each_answer_as_a_forward_pass_of_it_alone_would(prepar
 
 
 @pytest.fixture(scope="module")
-def gate_env(prepared_model: Path, rule_scorer, rollouts, tmp_path_factory: pytest.TempPathFactory):
+def gate_env(prepared_model: Path, rollouts, rule_scorer, tmp_path_factory: pytest.TempPathFactory):
     scorer = rule_scorer
     home = tmp_path_factory.mktemp("gates")
     settings = LearnerSettings(_env_file=None, home=home, gate_samples=1, gate_golden_max_tokens=16)
