@@ -62,8 +62,8 @@ $(BROWSER_STAMP): | $(STAMP)
 	touch $@
 
 # Two pytest-xdist workers: while one waits on a broker, a browser or a child process, the other computes.
-# The tests that share one heavy session fixture (an engine, the rule's reward model) run on one worker,
-# so each starts once per run (tests/conftest.py). `pytest` alone runs the same suite in one process.
+# The tests that share an engine run on one worker, so each engine starts once per run; the rule's reward
+# model trains once for both (tests/conftest.py). `pytest` alone runs the same suite in one process.
 TEST_WORKERS ?= 2
 test: install $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
