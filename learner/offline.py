@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from learner.config import OfflineConfig
 from learner.dataset import FeedbackData, as_messages
-from learner.policy import collate, lora_policy, optimizer_step, response_logprobs
+from learner.policy import collate, lora_policy, optimizer_step, response_forward
 from learner.rollout import Rollout
 
 log = structlog.get_logger(__name__)
@@ -66,11 +66,8 @@ class OfflineTrainer:
         batch = collate(rows, prompts, self.tokenizer.pad_token_id)  # as the policy learners read their rollouts
         if reference:
             with torch.no_grad(), self.lm.disable_adapter():
-                logits = self.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        else:
-            logits = self.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, batch.mask.shape[1])
-        return logprobs, batch.mask
+                return response_forward(self.lm, batch.input_ids, batch.attention_mask, batch.start, batch.mask.shape[1])[0], batch.mask
+        return response_forward(self.lm, batch.input_ids, batch.attention_mask, batch.start, batch.mask.shape[1])[0], batch.mask
 
     def train(self, data: FeedbackData) -> list[dict]:
         examples = self.examples(data)

@@ -75,11 +75,16 @@ class PolicyWithValue(nn.Module):
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: torch.Tensor, length: int,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, T) log-probs of the response tokens, their (B, T, V) step logits, and (B, T) values (or None):
+        `response_forward` of the LM, the value head reading the last hidden layer where each token is chosen."""
+        logprobs, step_logits, hidden = response_forward(self.lm, input_ids, attention_mask, start, length, temperature,
+                                                         hidden_states=self.value_head is not None)
         if self.value_head is None:
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits, None
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, L, V), (B, L)
+            return logprobs, step_logits, None
+        positions = (start[:, None] + torch.arange(length)[None, :] - 1).clamp(min=0)
+        return logprobs, step_logits, torch.gather(self.value_head(hidden).squeeze(-1), 1, positions)
 
 
 def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: torch.Tensor, length: int,
@@ -96,6 +101,20 @@ def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: torc
     tokens = torch.gather(input_ids, 1, positions)
     logprobs = torch.log_softmax(step_logits, dim=-1).gather(-1, tokens[:, :, None]).squeeze(-1)
     return logprobs, step_logits
+
+
+def response_forward(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: torch.Tensor, length: int,
+                     temperature: float = 1.0, *, hidden_states: bool = False):
+    """`response_logprobs` of `lm` on prompt + response rows, with logits computed only from the rows' first
+    prediction of a response token on (`logits_to_keep`): no learner reads the vocabulary head and its
+    softmax over the prompts (16 rows of 50 + 64 tokens: forward and backward ~10-25% faster here).
+    Returns (B, T) log-probs, (B, T, V) step logits, and the last hidden layer (B, L, H) when
+    `hidden_states`, else None."""
+    skip = max(int(start.min()) - 1, 0)
+    out = lm(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=input_ids.shape[1] - skip,
+             output_hidden_states=hidden_states)
+    logprobs, step_logits = response_logprobs(out.logits, input_ids[:, skip:], start - skip, length, temperature)
+    return logprobs, step_logits, out.hidden_states[-1] if hidden_states else None
 
 
 @dataclass
@@ -286,24 +305,16 @@ class PolicyTrainer:
         mine = torch.arange(self.rank * share, (self.rank + 1) * share)
         shard = Batch(batch.input_ids[mine], batch.attention_mask[mine], batch.start[mine], batch.mask[mine],
                       [batch.prompts[i] for i in mine], [batch.texts[i] for i in mine])
-        logits, values = self.policy(shard.input_ids, shard.attention_mask)
-        old_logprobs, _ = response_logprobs(logits, shard.input_ids, shard.start, T, self.config.temperature)
-        old_values = None
-        if values is not None:
-            old_values = gather(torch.gather(values, 1, (shard.start[:, None] + torch.arange(T)[None, :] - 1).clamp(min=0)))
+        old_logprobs, _, values = self.policy(shard.input_ids, shard.attention_mask, shard.start, T, self.config.temperature)
+        old_values = gather(values) if values is not None else None
         ref_logprobs = self._reference_logprobs(shard, T)
-        del logits, values
         scores = self.score(shard.prompts, shard.texts).detach().float()  # (B / world,)
         return gather(old_logprobs), old_values, gather(ref_logprobs), gather(scores)
 
     def update(self, batch: Batch, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The policy on rows `idx` of the batch, with gradients: (log-probs, step logits, values or None)."""
-        T = batch.mask.shape[1]
-        logits, values = self.ddp(batch.input_ids[idx], batch.attention_mask[idx])
-        logprobs, step_logits = response_logprobs(logits, batch.input_ids[idx], batch.start[idx], T, self.config.temperature)
-        if values is not None:
-            values = torch.gather(values, 1, (batch.start[idx, None] + torch.arange(T)[None, :] - 1).clamp(min=0))
-        return logprobs, step_logits, values
+        return self.ddp(batch.input_ids[idx], batch.attention_mask[idx], batch.start[idx], batch.mask.shape[1],
+                        self.config.temperature)
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         optimizer_step(self.optimizer, loss, self.config.max_grad_norm)
@@ -313,13 +324,11 @@ class PolicyTrainer:
         if self.config.reference == "incumbent":
             lm.set_adapter("reference")
             try:
-                logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                return response_forward(lm, batch.input_ids, batch.attention_mask, batch.start, T, self.config.temperature)[0]
             finally:
                 lm.set_adapter("default")
-        else:
-            with lm.disable_adapter():
-                logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return response_logprobs(logits, batch.input_ids, batch.start, T, self.config.temperature)[0]
+        with lm.disable_adapter():
+            return response_forward(lm, batch.input_ids, batch.attention_mask, batch.start, T, self.config.temperature)[0]
 
     @torch.no_grad()
     def measured_kl(self, prompts: list, samples: int = 1) -> float:
@@ -330,8 +339,7 @@ class PolicyTrainer:
                                            temperature=self.config.temperature, seed=777)
         batch = collate(generated, prompts * samples, self.tokenizer.pad_token_id)
         T = batch.mask.shape[1]
-        logits, _ = self.policy(batch.input_ids, batch.attention_mask)
-        logprobs, _ = response_logprobs(logits, batch.input_ids, batch.start, T, self.config.temperature)
+        logprobs, _, _ = self.policy(batch.input_ids, batch.attention_mask, batch.start, T, self.config.temperature)
         reference = self._reference_logprobs(batch, T)
         return ((logprobs - reference) * batch.mask).sum(1).mean().item()
 
