@@ -86,18 +86,6 @@ def lora_adapters(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory
 ENGINE_GROUPS = {"gate_env": "learner-gates", "rollouts": "learner-engine", "serving": "serving-engine"}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist each worker's torch computes on its share of the cores: two training processes
-    on two cores made 0.40 steps/s together with one thread each, 0.33 with two each (libgomp's threads
-    take the cores from each other's); alone, one thread is slower (0.20 against 0.31), but both workers
-    compute nearly to the end (docs/results.md). Engines and child processes keep their own settings."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-
-
 @pytest.hookimpl(tryfirst=True)  # before the xdist worker's own hook, which reads the marks (tests/test_conftest.py)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
