@@ -50,7 +50,7 @@ import torch
 from learner.dataset import as_messages
 from learner.degeneration import Degeneration, degeneration, shares
 from learner.judge import Judge
-from learner.policy import collate, response_logprobs
+from learner.policy import collate, positions_before_answers, response_logprobs
 from learner.rollout import Rollout, VLLMRollouts
 from learner.safety import LlamaGuard, ProfanityCheck, SafetyClassifier
 from learner.settings import LearnerSettings
@@ -317,7 +317,7 @@ class Likelihoods:
         for i in range(0, len(order), self.chunk):
             rows = order[i : i + self.chunk]
             batch = collate([rollouts[j] for j in rows], [None] * len(rows), self.tokenizer.pad_token_id)
-            skip = max(int(batch.start.min()) - 1, 0)  # positions before the first prediction of a response token
+            skip = positions_before_answers(batch.start)
             if adapter is not None:
                 self.model.set_adapter(adapter)
             with self.model.disable_adapter() if adapter is None and hasattr(self.model, "disable_adapter") else nullcontext():

@@ -103,6 +103,12 @@ def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: torc
     return logprobs, step_logits
 
 
+def positions_before_answers(start: torch.Tensor) -> int:
+    """Leading positions of a right-padded batch whose logits predict no answer token (before the earliest
+    row's first prediction): a reader of answers passes `logits_to_keep` = width - this."""
+    return max(int(start.min()) - 1, 0)
+
+
 def response_forward(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: torch.Tensor, length: int,
                      temperature: float = 1.0, *, hidden_states: bool = False):
     """`response_logprobs` of `lm` on prompt + response rows, with logits computed only from the rows' first
@@ -110,7 +116,7 @@ def response_forward(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     softmax over the prompts (16 rows of 50 + 64 tokens: forward and backward ~10-25% faster here).
     Returns (B, T) log-probs, (B, T, V) step logits, and the last hidden layer (B, L, H) when
     `hidden_states`, else None."""
-    skip = max(int(start.min()) - 1, 0)
+    skip = positions_before_answers(start)
     out = lm(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=input_ids.shape[1] - skip,
              output_hidden_states=hidden_states)
     logprobs, step_logits = response_logprobs(out.logits, input_ids[:, skip:], start - skip, length, temperature)
