@@ -121,6 +121,9 @@ class RewardConfig(Hyperparameters):
     top_layers: int = Field(default=0, ge=0, description=(
         "LoRA on the top N transformer layers only (0: on every layer): the backward pass stops below them."))
     learning_rate: float = Field(default=2e-4, gt=0, description="AdamW learning rate.")
+    precision: Literal["auto", "bfloat16", "float32"] = Field(default="auto", description=(
+        "Training's forward and backward under bfloat16 autocast, or in float32; auto: bfloat16 where the CPU "
+        "computes it natively (oneDNN), else float32. Scoring is float32 either way."))
     epochs: int = Field(default=3, ge=1, description="Passes over the training data per refresh.")
     batch_size: int = Field(default=8, ge=1, description="Pairs (and thumbs) per optimizer step.")
     max_length: int = Field(default=160, ge=8, description="Tokens kept per prompt + response (left-truncated).")

@@ -12,6 +12,7 @@ RewardTrainer because one loss mixes both kinds of feedback with per-example wei
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -112,6 +113,15 @@ def accuracy(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise]) 
     return result
 
 
+def training_autocast(precision: str) -> contextlib.AbstractContextManager:
+    """The training step's autocast: bfloat16 where asked, or (auto) where the CPU computes it natively
+    (measured in docs/results.md). The policy learners stay in float32: their KL reads need it."""
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision == "bfloat16" or (precision == "auto" and native):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], config: RewardConfig) -> list[dict]:
     """Optimise the mixed loss; returns one metrics row per step (`loss/bt`, `loss/pointwise`).
 
@@ -146,7 +156,8 @@ def train(model: RewardModel, pairs: list[Pair], pointwise: list[Pointwise], con
                 texts = model.texts([p.prompt for p in pair_batch] * 2 + [t.prompt for t in thumb_batch],
                                     [p.chosen for p in pair_batch] + [p.rejected for p in pair_batch]
                                     + [t.response for t in thumb_batch])
-                scores = model.score_texts(texts)  # (2 * pairs + thumbs,)
+                with training_autocast(config.precision):
+                    scores = model.score_texts(texts).float()  # (2 * pairs + thumbs,)
                 b = len(pair_batch)
                 if pair_batch:
                     bt = -F.logsigmoid(scores[:b] - scores[b : 2 * b]).mean()

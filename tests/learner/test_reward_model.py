@@ -63,3 +63,22 @@ def test_top_layers_puts_the_reward_models_lora_on_the_top_layers_only(prepared_
     assert trained == {str(layers - 2), str(layers - 1)}
     every = RewardModel.create(prepared_model, RewardConfig())
     assert len({name.split(".layers.")[1].split(".")[0] for name, _ in every.model.named_parameters() if "lora_" in name}) == layers
+
+
+def test_a_refresh_trains_under_the_precision_it_is_given(rule_reward_model, prepared_model: Path) -> None:
+    """bfloat16 autocast (the default where the CPU computes it natively) and float32 train the same model from
+    the same start: the same first loss up to bfloat16's rounding, and not bit for bit."""
+    import torch
+
+    from learner.reward_model import RewardModel, train, training_autocast
+
+    _, _, pairs = rule_reward_model
+    with training_autocast("bfloat16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with training_autocast("float32"):
+        assert not torch.is_autocast_enabled("cpu")
+    first = {}
+    for precision in ("float32", "bfloat16"):
+        config = RULE_CONFIG.model_copy(update={"precision": precision, "epochs": 1})
+        first[precision] = train(RewardModel.create(prepared_model, config), pairs[:8], [], config)[0]["loss/bt"]
+    assert first["float32"] != first["bfloat16"] and abs(first["float32"] - first["bfloat16"]) < 0.05, first
