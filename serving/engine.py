@@ -58,6 +58,21 @@ def kv_cache_bytes(settings: ServingSettings) -> int | None:
     return CPU_KV_CACHE_BYTES if current_platform.is_cpu() else None
 
 
+def native_bfloat16() -> bool:
+    """Whether this machine computes bfloat16 natively: a GPU, or a CPU with oneDNN's bfloat16 (AVX-512, AMX).
+    vLLM's CPU platform offers bfloat16 on every x86 CPU; on an AVX2-only one it is emulated (docs/results.md)."""
+    import torch
+
+    return torch.cuda.is_available() or (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def engine_dtype(settings: ServingSettings) -> str:
+    """The dtype to ask vLLM for: the setting, with auto resolved by `native_bfloat16`."""
+    if settings.dtype != "auto":
+        return settings.dtype
+    return "bfloat16" if native_bfloat16() else "float32"
+
+
 def engine_cli_args(settings: ServingSettings) -> list[str]:
     """The `vllm serve` flags for these settings (also used to start the peer in benchmarks)."""
     kv_bytes = kv_cache_bytes(settings)
@@ -66,7 +81,7 @@ def engine_cli_args(settings: ServingSettings) -> list[str]:
         "--served-model-name", settings.served_model_name,
         "--max-model-len", str(settings.max_model_len),
         "--gpu-memory-utilization", str(settings.gpu_memory_utilization),
-        "--dtype", settings.dtype,
+        "--dtype", engine_dtype(settings),
         "--enable-lora",
         "--max-loras", str(settings.max_loras),
         # one more held in memory than run in a batch: the rollback target stays loaded (serving.adapters)

@@ -34,7 +34,10 @@ class ServingSettings(RuntimeSettings):
         ),
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        default="bfloat16", description="Weight and activation dtype of the engine."
+        default="auto", description=(
+            "Weight and activation dtype of the engine. auto: bfloat16 on a GPU or a CPU that computes it natively "
+            "(oneDNN's check: AVX-512 or AMX), else float32, where vLLM's CPU kernels emulate bfloat16 many times slower."
+        ),
     )
     max_loras: int = Field(default=2, ge=1, description="LoRA adapters resident in the engine at once.")
     max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank the engine accepts.")

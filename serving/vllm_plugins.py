@@ -8,7 +8,13 @@ took 14.5 s with an adapter against 6.0 s without. Tokens of one adapter share o
 does one matmul per adapter present in the batch instead; a token without an adapter (index -1) gets
 no LoRA term (vLLM's GPU kernels skip it; the CPU op indexed the last slot with it). The same sums,
 in another order. Hand-written because vLLM's CPU backend has no other LoRA path; a vLLM whose ops
-module lacks these functions keeps its own."""
+module lacks these functions keeps its own.
+
+`cpu_compile_cache`: on CPU, vLLM 0.32 saves its ahead-of-time compiled model but cannot load it back
+("'function' object has no attribute 'finalize_loading'", then "Compiling model again"), so every engine
+start compiled anew: 108-124 s of an engine's start on an AVX2 machine here. Without AOT compilation vLLM
+uses its torch.compile cache, which loads: 37 s, the same tokens per second (docs/results.md). An operator's
+own VLLM_USE_AOT_COMPILE stands."""
 
 from __future__ import annotations
 
@@ -59,6 +65,15 @@ def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor
 
 
 REPLACED = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
+
+
+def cpu_compile_cache() -> None:
+    import os
+
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
 def grouped_cpu_lora() -> None:

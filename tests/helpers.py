@@ -165,6 +165,8 @@ def sft_adapter(model_dir: Path, out: Path, examples: list[tuple[str, str]], *, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from learner.reward_model import training_autocast
+
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
@@ -182,7 +184,7 @@ def sft_adapter(model_dir: Path, out: Path, examples: list[tuple[str, str]], *, 
     attention = (torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in rows])[:, None]).long()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
     for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # a constructed candidate, not the product: 1.4x faster on CPU
+        with training_autocast("auto"):  # bfloat16 where the CPU computes it natively: 1.4x faster there, ~30x slower elsewhere
             loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()

@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from feedback.broker import EmbeddedBroker
+from serving.engine import engine_dtype
 from serving.settings import ServingSettings
 from serving.tokens import TokenSigner
 from tests.helpers import ServingServer, read_topic
@@ -35,6 +36,8 @@ def events_for(broker: EmbeddedBroker, response_ids: set[str]) -> list[dict]:
 def test_health_and_readiness(serving: ServingServer) -> None:
     assert httpx.get(f"{serving.base_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{serving.base_url}/readyz").status_code == 200
+    # the engine runs at the dtype that auto resolves to on this machine (float32 where bfloat16 is emulated)
+    assert f"dtype=torch.{engine_dtype(ServingSettings(home=serving.home))}," in serving.log_path.read_text()
     # while the engine started, liveness kept answering (it is built off the event loop)
     assert serving.live_probes >= 5 and serving.most_missed_in_a_row < 3, (serving.live_probes, serving.most_missed_in_a_row)
 

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from feedback.broker import EmbeddedBroker
 from serving.app import create_app
+from serving.engine import engine_dtype
 from serving.settings import ServingSettings
 from tests.helpers import StandInEngine, stand_in_engine
 
@@ -99,3 +100,11 @@ def test_message_parts_given_as_an_empty_list_are_served_not_a_500(client, path:
     body = {**CHAT, "messages": [{"role": "system", "content": []}, {"role": "user", "content": "Say hi."}]}
     reply = client.post(path, json=body)
     assert reply.status_code == 200, reply.text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bfloat16_only_where_the_machine_computes_it_natively(monkeypatch, tmp_path, native: bool) -> None:
+    monkeypatch.setattr("serving.engine.native_bfloat16", lambda: native)
+    assert engine_dtype(ServingSettings(home=tmp_path)) == ("bfloat16" if native else "float32")
+    for asked in ("bfloat16", "float16", "float32"):  # what the operator asks for stands
+        assert engine_dtype(ServingSettings(home=tmp_path, dtype=asked)) == asked

@@ -55,3 +55,21 @@ def test_vllm_loads_the_grouped_lora_ops_and_they_compute_what_vllms_do() -> Non
     finally:
         importlib.reload(lora_ops)
         ours.grouped_cpu_lora()  # back to ours for the rest of the session
+
+
+def test_on_cpu_vllm_compiles_without_its_aot_path_unless_the_operator_says(monkeypatch) -> None:
+    from vllm import envs
+    from vllm.platforms import current_platform
+
+    from serving import vllm_plugins as ours
+
+    if not current_platform.is_cpu():
+        pytest.skip("the plugin leaves compilation alone off CPU")
+    plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert plugins.get("rlhf_loop_cpu_compile_cache") == "serving.vllm_plugins:cpu_compile_cache"
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    ours.cpu_compile_cache()
+    assert not envs.VLLM_USE_AOT_COMPILE  # vLLM's own default with this torch is on
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    ours.cpu_compile_cache()
+    assert envs.VLLM_USE_AOT_COMPILE
