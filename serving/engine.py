@@ -59,11 +59,13 @@ def kv_cache_bytes(settings: ServingSettings) -> int | None:
 
 
 def native_bfloat16() -> bool:
-    """Whether this machine computes bfloat16 natively: a GPU, or a CPU with oneDNN's bfloat16 (AVX-512, AMX).
-    vLLM's CPU platform offers bfloat16 on every x86 CPU; on an AVX2-only one it is emulated (docs/results.md)."""
+    """Whether this machine computes bfloat16 natively: a GPU that has it, or a CPU with oneDNN's bfloat16 (AVX-512,
+    AMX). vLLM's CPU platform offers bfloat16 on every x86 CPU; on an AVX2-only one it is emulated (docs/results.md)."""
     import torch
 
-    return torch.cuda.is_available() or (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def engine_dtype(settings: ServingSettings) -> str:

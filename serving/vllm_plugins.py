@@ -18,6 +18,8 @@ own VLLM_USE_AOT_COMPILE stands."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -68,8 +70,6 @@ REPLACED = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand
 
 
 def cpu_compile_cache() -> None:
-    import os
-
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
