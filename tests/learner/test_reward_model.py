@@ -80,6 +80,6 @@ def test_a_refresh_trains_under_the_precision_it_is_given(rule_reward_model, pre
     first = {}
     for precision in ("float32", "bfloat16"):
         config = RULE_CONFIG.model_copy(update={"precision": precision, "epochs": 1})
-        # two pairs: one step, which on a CPU without native bfloat16 is emulated (tens of seconds, docs/results.md)
+        # one step on a batch of two pairs: on a CPU without native bfloat16 that step is emulated (docs/results.md)
         first[precision] = train(RewardModel.create(prepared_model, config), pairs[:2], [], config)[0]["loss/bt"]
     assert first["float32"] != first["bfloat16"] and abs(first["float32"] - first["bfloat16"]) < 0.05, first
