@@ -44,6 +44,9 @@ SMALL = {
     # the live fluency read of 3 answers of 8 tokens is noise at the default 0.5 nats/token (it once rejected the
     # first canary at -1.62 vs -1.11): the check itself is tested in tests/learner/test_promotion.py
     "RLHF_GATE_FLUENCY_TOLERANCE": "3",
+    # nor is the share of 3-4 answers cut at 8 tokens (CI once rolled the first canary back at 100% vs the active's
+    # 50% + 25%, and waited in vain for a promotion): the check is tested in tests/learner/test_promotion.py
+    "RLHF_GATE_UNFINISHED_TOLERANCE": "1",
     # short answers: ratings within seconds, and serving leaves the two cores to training
     # the next cycle waits for the canary's decision, then starts at once (the learner is killed while it trains)
     "RLHF_MIN_NEW_FEEDBACK_AFTER_PROMOTION": "16",
