@@ -113,7 +113,7 @@ def group_done(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
     group = engine_group(item)
     if group is None or engine_group(nextitem) == group:
         return False
-    if "PYTEST_XDIST_WORKER" in os.environ:
+    if hasattr(item.config, "workerinput"):  # an xdist worker (not the environment variable, which children inherit)
         return True
     later = item.session.items[item.session.items.index(item) + 1:]
     return not any(engine_group(other) == group for other in later)
