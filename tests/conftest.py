@@ -90,7 +90,9 @@ ENGINE_GROUPS = {"gate_env": "learner-gates", "rollouts": "learner-engine", "ser
 
 
 def engine_group(item: pytest.Item | None) -> str | None:
-    return None if item is None else next((group for name, group in ENGINE_GROUPS.items() if name in item.fixturenames), None)
+    if item is None:
+        return None
+    return next((group for name, group in ENGINE_GROUPS.items() if name in item.fixturenames), None)
 
 
 @pytest.hookimpl(tryfirst=True)  # before the xdist worker's own hook, which reads the marks (tests/test_conftest.py)
@@ -103,7 +105,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # The session's engines (a vLLM process pair holds 1.5-2.5 GB here) stop once this process has run the last test of
 # their group, not at the end of the session: otherwise a worker that goes on to the end-to-end test's own two
-# engines keeps one idle beside them (stop 44's run peaked at 23.6 of 24 GB). Under xdist a group arrives as one
+# engines keeps one idle beside them (docs/results.md: 23.9 of 24 GB, a thrash). Under xdist a group arrives as one
 # block of tests; in one process, collection order, so the engine stays while any later test still asks for it.
 ENGINE_FIXTURES = ("serving", "rollouts")
 
@@ -124,7 +126,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if group_done(item, nextitem):
         for name in ENGINE_FIXTURES:
             for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
-                fixturedef.finish(item._request)  # its dependents (gate_env, base_held_out_scores) first; a later ask restarts it
+                # its dependents (gate_env, base_held_out_scores) first; a later ask restarts it
+                fixturedef.finish(item._request)
     if item.get_closest_marker("slow") is not None:
         release_freed_memory()
 
@@ -135,8 +138,7 @@ GLIBC = ctypes.CDLL("libc.so.6") if platform.libc_ver()[0] == "glibc" else None
 def release_freed_memory() -> None:
     """Hand the heap a finished test freed back to the system. glibc keeps it (a trainer's 3.4 GB stayed 3.4 GB after
     `del` and gc here; `malloc_trim(0)` brought it to 0.6), so a worker that trained held gigabytes through every
-    later test while the other worker's engines needed them (stop 45's run: 23.9 of 24 GB, the machine thrashed
-    and the RLOO test's engine died)."""
+    later test while the other worker's engines needed them (docs/results.md)."""
     gc.collect()
     if GLIBC is not None:
         GLIBC.malloc_trim(0)

@@ -1,6 +1,7 @@
 """`make test` runs two pytest-xdist workers and keeps the tests that share an engine on one of them, which
-stops that engine after the last of them (tests/conftest.py). Checked on a tiny suite, so that a pytest or xdist release that drops the grouping
-(pytest-dev/pytest-xdist#1386: pytest 9.2) fails here instead of quietly starting every engine twice."""
+stops that engine after the last of them (tests/conftest.py). Checked on a tiny suite, so that a pytest or
+xdist release that drops the grouping (pytest-dev/pytest-xdist#1386: pytest 9.2) fails here instead of
+quietly starting every engine twice."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_last():
 
 def run_tiny(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_collection_modifyitems, pytest_runtest_teardown  # noqa: F401\n")
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import pytest_collection_modifyitems, pytest_runtest_teardown  # noqa: F401\n")
     (tmp_path / "test_tiny.py").write_text(TINY)
     done = subprocess.run([sys.executable, "-m", "pytest", *flags, "-v", "-p", "no:cacheprovider",
                            "--rootdir", str(tmp_path), "-c", str(tmp_path / "pytest.ini"), str(tmp_path)],
