@@ -84,9 +84,11 @@ def lora_adapters(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory
 # each engine starts once per run (--dist loadgroup). The learner's tests are the longest queue (~22 min of
 # one worker, while the other ran out of work at ~14): the gates' tests are a group of their own, with a
 # rollout engine of their own (one more engine start, ~30 s), so that both workers can take a half; the
-# rule's reward model trains once for both (tests/learner/conftest.py). First match wins: a gates test
-# also asks for the rollout engine.
-ENGINE_GROUPS = {"gate_env": "learner-gates", "rollouts": "learner-engine", "serving": "serving-engine"}
+# rule's reward model trains once for both (tests/learner/conftest.py). The HTTP layer's stand-in server (its
+# start imports vLLM's protocol: ~13 s of a core) is a group too, so that it also starts once. First match wins:
+# a gates test also asks for the rollout engine, and the feedback API tests name the stand-in `serving`.
+ENGINE_GROUPS = {"gate_env": "learner-gates", "rollouts": "learner-engine", "http_serving": "http-serving",
+                 "serving": "serving-engine"}
 
 
 def engine_group(item: pytest.Item | None) -> str | None:
@@ -107,7 +109,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # their group, not at the end of the session: otherwise a worker that goes on to the end-to-end test's own two
 # engines keeps one idle beside them (docs/results.md: 23.9 of 24 GB, a thrash). Under xdist a group arrives as one
 # block of tests; in one process, collection order, so the engine stays while any later test still asks for it.
-ENGINE_FIXTURES = ("serving", "rollouts")
+ENGINE_FIXTURES = ("serving", "http_serving", "rollouts")
 
 
 def group_done(item: pytest.Item, nextitem: pytest.Item | None) -> bool:

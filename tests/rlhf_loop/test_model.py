@@ -16,6 +16,7 @@ from safetensors import safe_open
 from rlhf_loop.model import MARKER, is_prepared, prepare
 
 
+@pytest.mark.slow  # a real conversion from the GGUF (~20 s of a core), shared with the suite's engines
 def test_prepared_directory_is_plain_safetensors_without_gguf_quantization(prepared_model: Path) -> None:
     assert is_prepared(prepared_model)
     config = json.loads((prepared_model / "config.json").read_text())
@@ -29,6 +30,7 @@ def test_prepared_directory_is_plain_safetensors_without_gguf_quantization(prepa
     assert not list(prepared_model.parent.glob(".*staging*"))
 
 
+@pytest.mark.slow
 def test_prepare_is_idempotent(prepared_model: Path) -> None:
     weights = prepared_model / "model.safetensors"
     before = weights.stat().st_mtime_ns
