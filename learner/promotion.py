@@ -14,7 +14,9 @@ margin. Evidence is the feedback stored since the canary started (its `canary` a
 - content: the canary's live answers are re-read as the gates read sampled ones. Once it has served
   `canary_content_min_answers`, a canary whose share of degenerate answers (loops, symbol runs, empty
   list items; learner/degeneration.py) or of answers that never end within the user's max_tokens
-  exceeds the active version's by the gate tolerances is rejected; before a promotion, the base model
+  exceeds the active version's by the gate tolerances is rejected when the excess is significant (95%
+  lower bound of the difference, Newcombe's interval, above the tolerance) or its window of
+  `canary_content_answers` is full; until then it waits, never promoted; before a promotion, the base model
   also reads its answers (fluency) against the active version's, and a canary beyond the fluency
   tolerance is rejected.
 - otherwise: wait for more feedback.
@@ -40,7 +42,7 @@ import structlog
 
 from feedback.events import InteractionEvent, PairwiseEvent, latest_thumbs
 from learner.degeneration import degeneration, shares
-from learner.stats import wilson
+from learner.stats import difference_interval, wilson
 from learner.registry import Conflict, Registry
 from learner.settings import LearnerSettings
 
@@ -168,25 +170,37 @@ Fluency = Callable[[list[InteractionEvent], list[InteractionEvent]], tuple[list[
 
 
 def content_verdict(canary: list[InteractionEvent], active: list[InteractionEvent], settings: LearnerSettings,
-                    fluency: Fluency | None = None) -> str | None:
-    """Why the canary's live answers are worse than the active version's (None: they are not, or too
-    few to say). `fluency` (the base model's reading) runs only when given."""
+                    fluency: Fluency | None = None) -> tuple[Literal["rollback", "wait"], str] | None:
+    """Whether the canary's live answers are worse than the active version's: ("rollback", why) when they are, ("wait",
+    why) while a share is over its tolerance on too few answers to say, None when they are not (or too few to read).
+    `fluency` (the base model's reading) runs only when given."""
     if len(canary) < settings.canary_content_min_answers or not active:
         return None
-    found, before = ([degeneration(i.response, i.finish_reason) for i in side] for side in (canary, active))
-    found, before = shares(found), shares(before)
-    if found["degenerate"] > before["degenerate"] + settings.gate_degenerate_tolerance:
-        return (f"degenerates live: {found['degenerate']:.0%} of {len(canary)} answers (loops {found['loop']:.0%}, "
-                f"symbols {found['symbols']:.0%}, empty items {found['empty_items']:.0%}) vs active "
-                f"{before['degenerate']:.0%} + {settings.gate_degenerate_tolerance:.0%}")
-    if found["unfinished"] > before["unfinished"] + settings.gate_unfinished_tolerance:
-        return (f"never ends live: {found['unfinished']:.0%} of {len(canary)} answers cut at the user's max_tokens vs "
-                f"active {before['unfinished']:.0%} + {settings.gate_unfinished_tolerance:.0%}")
+    flags = [[degeneration(i.response, i.finish_reason) for i in side] for side in (canary, active)]
+    found, before = shares(flags[0]), shares(flags[1])
+    waiting = None
+    for name, tolerance, what in (("degenerate", settings.gate_degenerate_tolerance, "degenerates live"),
+                                  ("unfinished", settings.gate_unfinished_tolerance, "never ends live")):
+        if found[name] <= before[name] + tolerance:
+            continue
+        low = difference_interval(found[name] * len(canary), len(canary), before[name] * len(active), len(active))[0]
+        detail = (f" (loops {found['loop']:.0%}, symbols {found['symbols']:.0%}, empty items {found['empty_items']:.0%})"
+                  if name == "degenerate" else " cut at the user's max_tokens")
+        reason = (f"{what}: {found[name]:.0%} of {len(canary)} answers{detail} vs active {before[name]:.0%} of "
+                  f"{len(active)} + {tolerance:.0%}; 95% lower bound of the difference {low:.0%}")
+        # over the tolerance: rejected once that is significant, or once the window is full (the rule at its most
+        # evidence); before, a few unlucky answers must not throw away a cycle, and the canary waits (never promoted)
+        if low > tolerance or len(canary) >= settings.canary_content_answers:
+            return "rollback", reason
+        waiting = waiting or ("wait", f"{reason}: waiting for {settings.canary_content_answers} answers")
+    if waiting is not None:
+        return waiting
     if fluency is not None:
         mine, theirs = fluency(canary, active)
         if mine and theirs and sum(mine) / len(mine) < sum(theirs) / len(theirs) - settings.gate_fluency_tolerance:
-            return (f"not fluent live: the base model reads its answers at {sum(mine) / len(mine):.2f} nats/token vs "
-                    f"the active version's {sum(theirs) / len(theirs):.2f} - {settings.gate_fluency_tolerance}")
+            return "rollback", (f"not fluent live: the base model reads its answers at {sum(mine) / len(mine):.2f} "
+                                f"nats/token vs the active version's {sum(theirs) / len(theirs):.2f} - "
+                                f"{settings.gate_fluency_tolerance}")
     return None
 
 
@@ -265,8 +279,8 @@ def check(registry: Registry, feedback: Callable[[datetime | None, datetime | No
     if answers is not None and decision.action != "rollback":
         sides = [live_answers(answers, started, v, settings.canary_content_answers) for v in (pointer.canary, pointer.active)]
         verdict = content_verdict(*sides, settings, fluency if decision.action == "promote" else None)
-        if verdict is not None:
-            decision.action, decision.reason = "rollback", verdict
+        if verdict is not None and (verdict[0] == "rollback" or decision.action == "promote"):
+            decision.action, decision.reason = verdict
         elif decision.action == "promote" and len(sides[0]) < settings.canary_content_min_answers:
             decision.action = "wait"
             decision.reason = f"{len(sides[0])} of {settings.canary_content_min_answers} answers for the content check"

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from learner.gates import GATES, correct, golden_set, load_set, repetition, run_gates
 from learner.judge import Judge
 from learner.settings import LearnerSettings
-from learner.stats import mcnemar_worse, wilson
+from learner.stats import difference_interval, mcnemar_worse, wilson
 from learner.usage import sampling_profile
 from tests.helpers import seeded_store, sft_adapter, write_lora_adapter
 
@@ -35,6 +35,9 @@ def test_wilson_interval_mcnemar_and_repetition_measure() -> None:
     # 8 questions lost, none won: p = 0.5 ** 8; as many won as lost: no evidence of a drop
     assert mcnemar_worse([False] * 8 + [True] * 4, [True] * 12) == pytest.approx(0.5 ** 8)
     assert mcnemar_worse([False, True] * 5, [True, False] * 5) > 0.5
+    # the difference of two proportions: Newcombe (1998), Table II, method 10
+    assert difference_interval(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=5e-5)
+    assert difference_interval(9, 10, 3, 10) == pytest.approx((0.1705, 0.8090), abs=5e-5)
     assert repetition("the cat sat on the mat") == 0.0
     assert repetition("yes " * 40) > 0.9
 

@@ -211,6 +211,25 @@ def test_a_canary_that_never_ends_within_the_users_max_tokens_is_rejected(tmp_pa
     assert decision.action == "rollback" and decision.reason.startswith("never ends live: 100% of 30"), decision
 
 
+def test_a_canary_over_a_content_tolerance_on_few_answers_waits_until_significant_or_its_window_is_full(
+        tmp_path: Path) -> None:
+    registry = registry_of(tmp_path, 2)
+    registry.promote("v0001", actor="t", reason="start")
+    registry.canary("v0002", 0.5, actor="learner", reason="passed gates")
+    good_thumbs = [*thumbs("v0002", 180, 20), *thumbs("v0001", 170, 30, "o")]
+    active = served("v0001", [LOOPING] + FINE * 15)  # 1 of 31 degenerate
+
+    # 5 of 20 (25%) against 3% + 10%: over the tolerance, not significantly: neither promoted nor thrown away
+    decision = check_content(registry, [*good_thumbs, *active, *served("v0002", [LOOPING] * 5 + FINE * 7 + FINE[:1])])
+    assert decision.action == "wait", decision
+    assert decision.reason.startswith("degenerates live: 25% of 20 answers") and "waiting for 60 answers" in decision.reason
+    assert registry.read_pointer().canary == "v0002"
+
+    # the same share once the window (60 answers) is full: rejected, as the gates' rule reads it
+    decision = check_content(registry, [*good_thumbs, *active, *served("v0002", [LOOPING] * 15 + FINE * 22 + FINE[:1])])
+    assert decision.action == "rollback" and decision.reason.startswith("degenerates live: 25% of 60 answers"), decision
+
+
 def test_promotion_waits_for_enough_answers_then_reads_their_fluency(tmp_path: Path) -> None:
     registry = registry_of(tmp_path, 3)
     registry.promote("v0001", actor="t", reason="start")
