@@ -127,8 +127,9 @@ def group_done(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     if group_done(item, nextitem):
         for name in ENGINE_FIXTURES:
-            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
-                # its dependents (gate_env, base_held_out_scores) first; a later ask restarts it
+            # the definition this item used (the last of its overrides; a test module's own `serving` over the
+            # stand-in must not stop the session's engine): its dependents (gate_env, ...) first; a later ask restarts it
+            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ())[-1:]:
                 fixturedef.finish(item._request)
     if item.get_closest_marker("slow") is not None:
         release_freed_memory()
